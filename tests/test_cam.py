@@ -1,0 +1,133 @@
+"""CAMs through pytorch-grad-cam: shape, range, hook hygiene, ROAD faithfulness."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from assurexray import cam
+from assurexray.models import build_model
+from assurexray.transforms import eval_transform
+
+BACKBONES = ["efficientnet_b0", "resnet18", "resnet50", "densenet121", "convnext_atto",
+             "mobilenetv3_small_100"]
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_cam_shape_range_and_hooks_released(backbone, batch):
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=3, pretrained=False)
+    model.train()
+    maps = cam.compute_cams(model, batch, [0, 2], "gradcam")
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert _hooks(model) == 0
+    assert model.training                           # mode restored
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "eigencam"])
+def test_other_methods(method, batch):
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3, pretrained=False)
+    maps = cam.compute_cams(model, batch, [1, 1], method)
+    assert maps.shape == (2, 64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0
+    assert _hooks(model) == 0
+
+
+def test_unknown_method_and_bad_class_are_clear_errors(batch):
+    model = build_model("resnet18", num_classes=3, pretrained=False)
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        cam.compute_cams(model, batch, [0, 0], "scorecam")
+    with pytest.raises(IndexError, match="target classes"):
+        cam.compute_cams(model, batch, [0, 7], "gradcam")
+    assert _hooks(model) == 0
+
+
+class LeftRight(nn.Module):
+    """Class 0 = brightness of the left half, class 1 = of the right half (toy, known answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(3, 1, 1)
+        nn.init.constant_(self.features.weight, 1 / 3)
+        nn.init.zeros_(self.features.bias)
+
+    def forward(self, x):
+        f = self.features(x)
+        half = f.shape[-1] // 2
+        return 20 * torch.stack([f[..., :half].mean((1, 2, 3)), f[..., half:].mean((1, 2, 3))], 1)
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setattr(cam, "cam_target_layer", lambda model: model.features)
+    return LeftRight()
+
+
+def _blob_images(n: int) -> tuple[list[np.ndarray], TensorDataset]:
+    """Dark noise with a bright blob in the left half, and their model inputs."""
+    rng = np.random.default_rng(1)
+    images = []
+    for _ in range(n):
+        img = rng.integers(0, 20, (32, 32), dtype=np.uint8)
+        y, x = rng.integers(4, 20), rng.integers(2, 8)
+        img[y:y + 8, x:x + 8] = 230
+        images.append(img)
+    transform = eval_transform(32)
+    inputs = torch.stack([transform(image=img)["image"] for img in images])
+    return images, TensorDataset(inputs, torch.zeros(n, dtype=torch.long))
+
+
+def test_cam_points_at_the_evidence_of_the_target_class(toy):
+    images, dataset = _blob_images(3)
+    maps = cam.cams_for_dataset(toy, dataset, np.zeros(3, int), "hirescam", batch_size=2)
+    assert maps.shape == (3, 32, 32)
+    for img, m in zip(images, maps):
+        assert img[m > 0.9].min() == 230            # the peak sits on the blob
+        assert m[:, 16:].max() == 0.0               # class 0 never looks right
+
+
+def test_road_morf_drops_more_than_lerf_and_is_seeded(toy):
+    _, dataset = _blob_images(4)
+    targets = np.zeros(4, int)
+    maps = cam.cams_for_dataset(toy, dataset, targets, "hirescam", batch_size=4)
+    kwargs = dict(percentiles=[50, 80], batch_size=3, seed=5)
+    road = cam.road_scores(toy, dataset, maps, targets, **kwargs)
+    assert road["morf"].shape == road["lerf"].shape == (2, 4)
+    assert (road["morf"] < road["lerf"]).all()     # removing the evidence hurts more
+    again = cam.road_scores(toy, dataset, maps, targets, **kwargs)
+    np.testing.assert_array_equal(road["morf"], again["morf"])
+    np.testing.assert_array_equal(road["lerf"], again["lerf"])
+    summary = cam.road_summary(road, [50, 80])
+    assert summary["n"] == 4 and summary["combined"] > 0
+    assert summary["morf"]["80"] == pytest.approx(road["morf"][1].mean())
+
+
+def test_tie_broken_ranks_keep_order_and_split_ties_exactly():
+    m = np.zeros((10, 10), dtype=np.float32)
+    m[:3] = np.linspace(0.1, 1.0, 30).reshape(3, 10)
+    ranks = cam.tie_broken_ranks(m, np.random.default_rng(0))
+    assert len(np.unique(ranks)) == 100 and ranks.min() == 0.0 and ranks.max() == 1.0
+    assert (ranks[m > 0] > ranks[m == 0].max()).all()
+    np.testing.assert_array_equal(np.argsort(ranks[:3].ravel()), np.argsort(m[:3].ravel()))
+    # the 80th percentile keeps exactly 80% below it, although 70% of the map is one value
+    assert (ranks < np.percentile(ranks, 80)).sum() == 80
+
+
+def test_overlay_is_rgb_at_image_size():
+    img = np.full((40, 30), 128, dtype=np.uint8)
+    out = cam.overlay(img, np.random.default_rng(0).random((10, 10)).astype(np.float32))
+    assert out.shape == (40, 30, 3) and out.dtype == np.uint8

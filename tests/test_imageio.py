@@ -1,0 +1,308 @@
+"""The image reader: every Pillow mode, EXIF orientation, broken files, DICOM."""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import ExifTags, Image, ImageFile
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from assurexray.imageio import ImageReadError, image_size, is_dicom, read_image
+
+H, W = 24, 40
+RNG = np.random.default_rng(0)
+GRAY = RNG.integers(0, 256, (H, W), dtype=np.uint8)
+RGB = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
+ALPHA = RNG.integers(0, 256, (H, W), dtype=np.uint8)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma, computed here independently of Pillow."""
+    return rgb.astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    values = values.astype(float)
+    return (values - values.min()) * 255 / (values.max() - values.min())
+
+
+def close(got: np.ndarray, expected: np.ndarray, tol: float) -> bool:
+    return got.dtype == np.uint8 and got.shape == expected.shape and \
+        np.abs(got.astype(float) - expected).max() <= tol
+
+
+# ---- Pillow modes ------------------------------------------------------------------------
+
+def test_l_png_is_exact(tmp_path):
+    Image.fromarray(GRAY, "L").save(tmp_path / "a.png")
+    assert np.array_equal(read_image(tmp_path / "a.png"), GRAY)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_rgb_is_luma(tmp_path, fmt):
+    path = tmp_path / f"a.{fmt}"
+    Image.fromarray(RGB, "RGB").save(path, quality=100)
+    stored = np.asarray(Image.open(path).convert("RGB"))  # the JPEG's own decoded colours
+    assert close(read_image(path), luma(stored), tol=1)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_black(tmp_path, mode):
+    colour = np.dstack([RGB, ALPHA]) if mode == "RGBA" else np.dstack([GRAY, ALPHA])
+    Image.fromarray(colour, mode).save(tmp_path / "a.png")
+    base = luma(RGB) if mode == "RGBA" else GRAY.astype(float)
+    out = read_image(tmp_path / "a.png")
+    assert close(out, base * ALPHA / 255, tol=1.5)
+    assert (out[ALPHA == 0] == 0).all()
+
+
+def test_palette_with_transparency(tmp_path):
+    palette = np.array([[0, 0, 0], [255, 255, 255], [200, 100, 50], [10, 20, 30]], np.uint8)
+    index = RNG.integers(0, 4, (H, W), dtype=np.uint8)
+    im = Image.fromarray(index, "P")
+    im.putpalette(palette.ravel().tolist())
+    im.save(tmp_path / "a.png", transparency=1)  # index 1 (white) is transparent
+    out = read_image(tmp_path / "a.png")
+    expected = luma(palette[index])
+    expected[index == 1] = 0
+    assert close(out, expected, tol=1)
+
+
+def test_palette_without_transparency(tmp_path):
+    im = Image.fromarray(RGB, "RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    im.save(tmp_path / "a.png")
+    colours = np.asarray(im.convert("RGB"))
+    assert close(read_image(tmp_path / "a.png"), luma(colours), tol=1)
+
+
+def test_cmyk_jpeg(tmp_path):
+    # Pure black ink: the grey level is 255 - K whatever the colour conversion details.
+    cmyk = np.zeros((H, W, 4), np.uint8)
+    cmyk[..., 3] = np.linspace(0, 255, W, dtype=np.uint8)[None, :]
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "a.jpeg", quality=100)
+    assert close(read_image(tmp_path / "a.jpeg"), 255.0 - cmyk[..., 3], tol=4)
+
+
+def test_bilevel(tmp_path):
+    Image.fromarray(GRAY > 127).convert("1").save(tmp_path / "a.png")
+    assert np.array_equal(read_image(tmp_path / "a.png"), np.where(GRAY > 127, 255, 0))
+
+
+def test_16bit_png_is_stretched_min_max(tmp_path):
+    values = RNG.integers(1000, 3001, (H, W)).astype(np.uint16)
+    values[0, 0], values[0, 1] = 1000, 3000
+    Image.fromarray(values).save(tmp_path / "a.png")
+    assert Image.open(tmp_path / "a.png").mode == "I;16"
+    out = read_image(tmp_path / "a.png")
+    assert out[0, 0] == 0 and out[0, 1] == 255
+    assert close(out, minmax(values), tol=0.5)
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32bit_and_float_tiff(tmp_path, mode):
+    values = RNG.normal(0, 5000, (H, W)).astype(np.int32 if mode == "I" else np.float32)
+    Image.fromarray(values, mode).save(tmp_path / "a.tiff")
+    assert close(read_image(tmp_path / "a.tiff"), minmax(values), tol=0.5)
+
+
+def test_float_nan_and_flat_image_give_zeros(tmp_path):
+    values = np.full((H, W), 7.0, np.float32)
+    values[0, 0] = np.nan
+    Image.fromarray(values, "F").save(tmp_path / "a.tiff")
+    assert not read_image(tmp_path / "a.tiff").any()
+
+
+# ---- EXIF orientation --------------------------------------------------------------------
+
+def save_with_orientation(path: Path, array: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    Image.fromarray(array, "L").save(path, exif=exif, quality=95)
+
+
+@pytest.mark.parametrize("orientation,rotate", [(3, 2), (6, -1), (8, 1)])
+def test_exif_rotation_png_is_exact(tmp_path, orientation, rotate):
+    save_with_orientation(tmp_path / "a.png", GRAY, orientation)
+    out = read_image(tmp_path / "a.png")
+    assert np.array_equal(out, np.rot90(GRAY, rotate))  # orientation 6 = turn 90 deg clockwise
+    assert image_size(tmp_path / "a.png") == (out.shape[1], out.shape[0])
+
+
+def test_exif_rotated_jpeg_shape(tmp_path):
+    save_with_orientation(tmp_path / "a.jpg", GRAY, 6)
+    assert read_image(tmp_path / "a.jpg").shape == (W, H)
+    assert image_size(tmp_path / "a.jpg") == (H, W)
+
+
+# ---- broken files ------------------------------------------------------------------------
+
+def test_truncated_jpeg_raises(tmp_path):
+    Image.fromarray(RGB, "RGB").save(tmp_path / "full.jpeg")
+    data = (tmp_path / "full.jpeg").read_bytes()
+    (tmp_path / "IMG000123.jpeg").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageReadError, match=r"^IMG000123\.jpeg: truncated JPEG"):
+        read_image(tmp_path / "IMG000123.jpeg")
+
+
+def test_truncated_png_raises(tmp_path):
+    Image.fromarray(RGB, "RGB").save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=r"^cut\.png: truncated PNG"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_reader_refuses_global_truncated_loading(tmp_path, monkeypatch):
+    Image.fromarray(GRAY).save(tmp_path / "a.png")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(RuntimeError, match="LOAD_TRUNCATED_IMAGES"):
+        read_image(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("empty.jpeg", b"", "zero-byte file"),
+    ("notes.jpeg", b"patient list, not an image\n" * 20, "not an image"),
+    ("junk.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "not an image"),
+])
+def test_bad_files_raise_with_name(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content)
+    for reader in (read_image, image_size):
+        with pytest.raises(ImageReadError, match=rf"^{name}: {reason}"):
+            reader(tmp_path / name)
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(ImageReadError, match="^gone.png: no such file"):
+        read_image(tmp_path / "gone.png")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` with almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + \
+        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_checked_before_decoding(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(png_header_only(12_000, 10_000))
+    with pytest.raises(ImageReadError,
+                       match=r"^bomb\.png: decompression bomb: 120000000 pixels > limit 100000000"):
+        read_image(tmp_path / "bomb.png", max_pixels=100_000_000)
+    assert image_size(tmp_path / "bomb.png") == (12_000, 10_000)  # header only, no decoding
+
+
+def test_decompression_bomb_beyond_pillow_hard_limit(tmp_path):
+    (tmp_path / "huge.png").write_bytes(png_header_only(20_000, 20_000))
+    with pytest.raises(ImageReadError, match=r"^huge\.png: decompression bomb"):
+        read_image(tmp_path / "huge.png", max_pixels=10**12)
+
+
+def test_small_image_over_a_low_limit(tmp_path):
+    Image.fromarray(GRAY).save(tmp_path / "a.png")
+    with pytest.raises(ImageReadError, match=f"{H * W} pixels > limit 100"):
+        read_image(tmp_path / "a.png", max_pixels=100)
+
+
+# ---- DICOM -------------------------------------------------------------------------------
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
+                bits: int = 12, **attrs) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.set_pixel_data(pixels, photometric, bits)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 'LINEAR' window to 0-255, written out here as a reference."""
+    scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255
+    return np.clip(scaled, 0, 255)
+
+
+def test_dicom_rescale_then_window(tmp_path):
+    raw = np.tile(np.array([0, 450, 500, 520, 1000], np.uint16), (6, 1))
+    path = write_dicom(tmp_path / "ct.dcm", raw, RescaleSlope=2, RescaleIntercept=-1000,
+                       WindowCenter=0, WindowWidth=400)
+    out = read_image(path)
+    expected = linear_window(raw * 2.0 - 1000, center=0, width=400)
+    assert close(out, expected, tol=1)
+    # Without the rescale raw 500 would sit above the window; without the window, -100 -> 115.
+    assert list(out[0]) == [0, 64, 128, 153, 255]
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    raw = np.array([[0, 200], [800, 1000]], np.uint16)
+    out = read_image(write_dicom(tmp_path / "m1.dcm", raw, "MONOCHROME1"))
+    assert out[1, 1] == 0 and out[0, 0] == 255  # bright in the raw data, dark on screen
+    assert close(out, 255 - minmax(raw), tol=0.5)
+
+
+def test_dicom_multiframe_gives_first_frame(tmp_path):
+    frames = np.stack([np.arange(12, dtype=np.uint16).reshape(3, 4) * 10,
+                       np.full((3, 4), 999, np.uint16)])
+    path = write_dicom(tmp_path / "mf.dcm", frames)
+    assert close(read_image(path), minmax(frames[0]), tol=0.5)
+    assert image_size(path) == (4, 3)
+
+
+def test_dicom_without_pixel_data(tmp_path):
+    path = write_dicom(tmp_path / "nopix.dcm", np.zeros((3, 4), np.uint16))
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="^nopix.dcm: DICOM without pixel data"):
+        read_image(path)
+
+
+def test_dicom_found_by_content_not_extension(tmp_path):
+    raw = np.arange(20, dtype=np.uint16).reshape(4, 5) * 50
+    dicom = write_dicom(tmp_path / "scan.png", raw)  # DICOM named .png
+    assert is_dicom(dicom)
+    assert close(read_image(dicom), minmax(raw), tol=0.5)
+    Image.fromarray(GRAY).save(tmp_path / "photo.dcm", format="PNG")  # PNG named .dcm
+    assert not is_dicom(tmp_path / "photo.dcm")
+    assert np.array_equal(read_image(tmp_path / "photo.dcm"), GRAY)
+
+
+def test_dicom_without_preamble(tmp_path):
+    raw = np.arange(20, dtype=np.uint16).reshape(4, 5) * 50
+    data = write_dicom(tmp_path / "full.dcm", raw).read_bytes()
+    (tmp_path / "bare").write_bytes(data[132:])  # drop the preamble and the DICM magic
+    assert not is_dicom(tmp_path / "bare")
+    assert close(read_image(tmp_path / "bare"), minmax(raw), tol=0.5)
+    assert image_size(tmp_path / "bare") == (5, 4)
+
+
+def test_dicom_bomb_guard(tmp_path):
+    path = write_dicom(tmp_path / "big.dcm", np.zeros((30, 40), np.uint16))
+    with pytest.raises(ImageReadError, match="1200 pixels > limit 1000"):
+        read_image(path, max_pixels=1000)
+
+
+# ---- image_size agrees with read_image ---------------------------------------------------
+
+def test_image_size_matches_read_image(tmp_path):
+    Image.fromarray(RGB, "RGB").save(tmp_path / "a.jpeg")
+    Image.fromarray(np.dstack([GRAY, ALPHA]), "LA").save(tmp_path / "b.png")
+    Image.fromarray(GRAY.astype(np.uint16) * 100).save(tmp_path / "c.png")
+    save_with_orientation(tmp_path / "d.jpeg", GRAY, 8)
+    save_with_orientation(tmp_path / "e.jpeg", GRAY, 2)  # mirror: no swap
+    write_dicom(tmp_path / "f.dcm", np.zeros((7, 9), np.uint16))
+    for path in sorted(tmp_path.iterdir()):
+        height, width = read_image(path).shape
+        assert image_size(path) == (width, height), path.name

@@ -1,0 +1,126 @@
+"""Model construction, local weights, Grad-CAM target layers and the checkpoint contract."""
+import pickle
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from assurexray.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from assurexray.models import (PretrainedWeightsError, WeightsFileError, build_model,
+                               cam_target_layer)
+
+BACKBONES = ["efficientnet_b0", "resnet50", "densenet121", "resnet18", "mobilenetv3_small_100",
+             "convnext_atto"]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_logits_and_spatial_cam_layer(backbone, batch):
+    model = build_model(backbone, num_classes=3, pretrained=False).eval()
+    activations = []
+    layer = cam_target_layer(model)
+    handle = layer.register_forward_hook(lambda m, i, out: activations.append(out))
+    with torch.no_grad():
+        logits = model(batch)
+    handle.remove()
+    assert logits.shape == (2, 3)
+    assert model.backbone_name == backbone
+    (act,) = activations
+    # Spatial, not after global pooling: a 64 px input leaves a 2x2 map at stride 32.
+    assert act.ndim == 4 and act.shape[0] == 2 and act.shape[-2:] == (2, 2)
+
+
+def test_unsupported_and_unknown_backbones():
+    with pytest.raises(ValueError, match="no Grad-CAM target layer"):
+        cam_target_layer(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    with pytest.raises(ValueError, match="unknown backbone 'not_a_net'"):
+        build_model("not_a_net", 3)
+
+
+def test_pretrained_offline_names_both_options(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", offline)
+    with pytest.raises(PretrainedWeightsError) as info:
+        build_model("resnet18", 3, pretrained=True)
+    message = str(info.value)
+    assert "model.pretrained: false" in message and "model.weights_path" in message
+
+
+def test_weights_path_keeps_backbone_and_resets_head(tmp_path, monkeypatch):
+    source = timm.create_model("resnet18", num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    monkeypatch.setattr(timm.models._builder, "load_pretrained",
+                        lambda *a, **k: pytest.fail("weights_path must not hit the hub"))
+    model = build_model("resnet18", 3, pretrained=True, weights_path=path)
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert model.fc.weight.shape == (3, 512)
+
+
+def test_weights_path_errors(tmp_path):
+    with pytest.raises(WeightsFileError, match="not found"):
+        build_model("resnet18", 3, weights_path=tmp_path / "missing.pth")
+    other = tmp_path / "effnet.pth"
+    torch.save(timm.create_model("efficientnet_b0").state_dict(), other)
+    with pytest.raises(WeightsFileError, match="does not fit"):
+        build_model("resnet18", 3, weights_path=other)
+
+
+META = {"backbone": "resnet18", "classes": ["Normal", "Benign", "Malignant"], "image_size": 32,
+        "cache_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "dropout": 0.2, "params": {"seed": 1, "train": {"lr": 0.01}}, "split": "stratified",
+        "epoch": 3, "best_val_macro_auc": 0.8}
+
+
+def test_checkpoint_round_trip(tmp_path, batch):
+    model = build_model("resnet18", 3).eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, META)
+    loaded, meta = load_checkpoint(path)
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), model(batch))
+    assert {k: meta[k] for k in META} == META
+    assert meta["git_rev"] and meta["created_at"] and "git_dirty" in meta
+
+
+def test_checkpoint_rejects_unsafe_corrupt_and_incomplete_files(tmp_path):
+    model = build_model("resnet18", 3)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"state_dict": model.state_dict(), "meta": META, "payload": Exploit()}, unsafe)
+    with pytest.raises(CheckpointError, match="Weights only load failed"):
+        load_checkpoint(unsafe)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a zip archive")
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_checkpoint(corrupt)
+    incomplete = tmp_path / "incomplete.pt"
+    torch.save({"state_dict": model.state_dict(), "meta": {"backbone": "resnet18"}}, incomplete)
+    with pytest.raises(CheckpointError, match="meta lacks"):
+        load_checkpoint(incomplete)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_save_refuses_meta_that_weights_only_cannot_load(tmp_path):
+    import numpy as np
+
+    model = build_model("resnet18", 3)
+    with pytest.raises(CheckpointError, match=r"meta\.best_val_macro_auc"):
+        save_checkpoint(tmp_path / "m.pt", model, {**META, "best_val_macro_auc": np.float64(0.8)})
+    with pytest.raises(CheckpointError, match="meta lacks"):
+        save_checkpoint(tmp_path / "m.pt", model, {"backbone": "resnet18"})
+
+
+class Exploit:
+    """Stands for an arbitrary object in a pickle; weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (pickle.loads, (b"N.",))

@@ -1,0 +1,62 @@
+"""The params loader stops on unknown keys and wrong types, naming the key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from assurexray.params import Params, ParamsError, load_params, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_repository_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.split in ("stratified", "center")
+    assert params.data.source == "synthetic"
+
+
+def test_repository_params_list_every_key():
+    """params.yaml spells out every schema key, so `dvc exp run -S` edits a visible value."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert raw == to_dict(load_params(REPO / "params.yaml"))
+    assert set(raw) == set(to_dict(Params()))
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"seeed": 1}, "seeed"),
+    ({"train": {"epochz": 3}}, "train.epochz"),
+    ({"data": {"synthetic": {"n_imgs": 5}}}, "data.synthetic.n_imgs"),
+])
+def test_unknown_key_is_named(tmp_path, data, key):
+    with pytest.raises(ParamsError, match=f"unknown key '{key}'"):
+        load_params(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"seed": "42"}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"split": "random"}, "split"),
+    ({"split_options": {"train_centers": ["one"]}}, r"split_options.train_centers\[0\]"),
+    ({"model": {"pretrained": "yes"}}, "model.pretrained"),
+])
+def test_wrong_type_is_named(tmp_path, data, key):
+    with pytest.raises(ParamsError, match=f"'{key}'"):
+        load_params(write(tmp_path, data))
+
+
+def test_int_is_accepted_for_float_and_null_for_optional(tmp_path):
+    params = load_params(write(tmp_path, {"train": {"lr": 1}, "model": {"weights_path": None}}))
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert params.model.weights_path is None
+
+
+def test_missing_file_says_where_to_run(tmp_path):
+    with pytest.raises(ParamsError, match="repository root"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,188 @@
+"""Data sources: manifests (CSV, folder per class) and the params dispatch all end in one index."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from assurexray import audit, btxrd, download, sources
+from assurexray.params import AuditParams, Params, load_params
+from assurexray.schema import INDEX_COLUMNS, DatasetInfo, read_index, write_index
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_image(path: Path, w: int = 120, h: int = 90, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def with_data(params: Params, **changes) -> Params:
+    return dataclasses.replace(params, data=dataclasses.replace(params.data, **changes))
+
+
+@pytest.fixture
+def manifest_csv(tmp_path) -> Path:
+    root = tmp_path / "study"
+    write_image(root / "imgs" / "a.png", seed=1)
+    write_image(root / "imgs" / "b.jpg", seed=2)
+    write_image(root / "other" / "c.png", w=60, h=200, seed=3)
+    write_image(root / "imgs" / "d.png", seed=4)
+    rows = [
+        "path,label,center,site,group,view,age,sex,x0,y0,x1,y1",
+        "imgs/a.png,tumour,A,femur,p1,frontal,34,F,10,20,50,60",
+        "imgs/a.png,tumour,A,femur,p1,frontal,34,F,60,10,100,40",
+        "imgs/b.jpg,healthy,B,,p1,lateral,34,F,,,,",
+        "other/c.png,,A,,p2,,,,,,,",
+        ",tumour,A,,,,,,,,,",
+        "imgs/d.png,tumour,A,,p3,,,,1,2,three,4",
+        "imgs/b.jpg,tumour,B,,p1,lateral,34,F,,,,",
+    ]
+    path = root / "manifest.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_manifest_csv_builds_a_valid_index(manifest_csv, tmp_path):
+    index, notes, classes = sources.read_manifest(manifest_csv, tmp_path / "raw")
+    assert list(index.columns) == INDEX_COLUMNS
+    assert classes == ["healthy", "tumour"]  # from the data, sorted
+    assert len(index) == 5 and notes.empty  # a.png twice = one image; the pathless row stays
+    rows = index.set_index("image_id").to_dict("index")
+    a = rows["imgs_a"]
+    assert Path(a["file"]) == manifest_csv.parent / "imgs" / "a.png" and Path(a["file"]).exists()
+    assert (a["label"], a["center"], a["sites"], a["group"], a["view"], a["age"], a["sex"]) == (
+        "tumour", "A", "femur", "p1", "frontal", "34", "F")
+    assert (a["width"], a["height"], a["ingest_issue"]) == (120, 90, "")
+    assert rows["other_c"]["width"] == 60 and rows["other_c"]["height"] == 200
+    assert rows["other_c"]["label"] == "" and "empty label" in rows["other_c"]["ingest_issue"]
+    assert rows["imgs_b"]["label"] == "" and "conflicting label" in rows["imgs_b"]["ingest_issue"]
+    assert rows["row6"]["file"] == "" and "empty path on manifest line 6" in rows["row6"]["ingest_issue"]
+    assert rows["imgs_d"]["annotation"] == "" and rows["imgs_d"]["ingest_issue"].startswith("annotation box")
+    # the index survives the CSV round trip the next stages use
+    write_index(index, tmp_path / "index.csv")
+    pd.testing.assert_frame_equal(read_index(tmp_path / "index.csv"), index.astype({"width": int, "height": int}))
+
+
+def test_manifest_boxes_become_labelme_that_the_btxrd_parser_reads(manifest_csv, tmp_path):
+    index, _, _ = sources.read_manifest(manifest_csv, tmp_path / "raw")
+    ann = index.set_index("image_id").at["imgs_a", "annotation"]
+    assert Path(ann).parent == tmp_path / "raw" / "annotations"
+    parsed = btxrd.read_labelme(ann)
+    assert (parsed.width, parsed.height) == (120, 90)
+    assert sorted(l.box for l in parsed.lesions) == [(10, 20, 50, 60), (60, 10, 100, 40)]
+    assert all(l.label == "tumour" and len(l.polygon) == 4 for l in parsed.lesions)
+    doc = json.loads(Path(ann).read_text())
+    assert (Path(ann).parent / doc["imagePath"]).resolve() == (manifest_csv.parent / "imgs" / "a.png").resolve()
+
+
+def test_manifest_then_audit_keeps_every_row(manifest_csv, tmp_path):
+    index, notes, classes = sources.read_manifest(manifest_csv, tmp_path / "raw")
+    result = audit.run_audit(index, notes, DatasetInfo("manifest", classes, str(manifest_csv)),
+                             AuditParams(workers=1))
+    q = result.quality.set_index("image_id")
+    assert list(result.quality["image_id"]) == list(index["image_id"])
+    assert q.at["imgs_a", "usable"] and q.at["imgs_a", "annotation_usable"] and q.at["imgs_a", "warnings"] == ""
+    assert not q.at["other_c", "usable"] and audit.EMPTY_LABEL in q.at["other_c", "reason"]
+    assert not q.at["imgs_b", "usable"] and audit.BAD_METADATA in q.at["imgs_b", "reason"]
+    assert not q.at["row6", "usable"] and audit.MISSING in q.at["row6", "reason"]
+    assert q.at["imgs_d", "usable"] and audit.ANNOTATION_INGEST in q.at["imgs_d", "warnings"]
+
+
+def test_manifest_csv_errors_name_file_and_column(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("path,center\nx.png,1\n")
+    with pytest.raises(sources.SourceError, match=r"m\.csv.*'label'"):
+        sources.read_manifest(bad, tmp_path)
+    bad.write_text("path,label,x0,y0\nx.png,a,1,2\n")
+    with pytest.raises(sources.SourceError, match=r"x1"):
+        sources.read_manifest(bad, tmp_path)
+
+
+def test_folder_per_class(tmp_path):
+    root = tmp_path / "tree"
+    write_image(root / "malignant" / "deep" / "er" / "m1.png", seed=1)
+    write_image(root / "benign" / "b1.jpg", seed=2)
+    write_image(root / "benign" / "b 2.png", seed=3)
+    write_image(root / "normal" / "n1.PNG", seed=4)
+    (root / "normal" / "notes.txt").write_text("not an image")
+    (root / "stray.png").write_bytes(b"")
+    (root / "empty_class").mkdir()
+    index, notes, classes = sources.read_manifest(root, tmp_path / "raw")
+    assert classes == ["benign", "malignant", "normal"]
+    assert dict(zip(index["image_id"], index["label"])) == {
+        "benign_b_2": "benign", "benign_b1": "benign", "malignant_deep_er_m1": "malignant",
+        "normal_n1": "normal"}
+    assert (index["group"] == "").all() and (index["annotation"] == "").all()
+    reasons = dict(zip(notes["path"].map(lambda p: Path(p).name), notes["reason"]))
+    assert reasons["notes.txt"].startswith("not an image file")
+    assert reasons["stray.png"].startswith("not inside a class folder")
+    assert reasons["empty_class"].startswith("class folder without images")
+    assert len(notes) == 3  # every non-image file accounted for
+
+
+def test_unique_ids_are_sanitized_stable_and_collision_free():
+    paths = ["a/b.png", "a_b.png", "c d/e.jpg", "x.png", "x.jpg"]
+    ids = sources.unique_ids(paths)
+    assert len(set(ids)) == len(ids)
+    assert ids[2] == "c_d_e" and all(set(i) <= set("abcdefghijklmnopqrstuvwxyz0123456789._-") for i in ids)
+    assert ids[0].startswith("a_b-") and ids[1].startswith("a_b-")
+    assert sources.unique_ids(paths[::-1]) == ids[::-1]  # independent of order
+
+
+def test_prepare_source_names_the_params_key_to_set(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    with pytest.raises(sources.SourceError, match=r"data\.btxrd_dir\.path"):
+        sources.prepare_source(with_data(params, source="btxrd_dir"), tmp_path)
+    missing = dataclasses.replace(params.data.manifest, path=str(tmp_path / "nope.csv"))
+    with pytest.raises(sources.SourceError, match=r"data\.manifest\.path.*nope\.csv"):
+        sources.prepare_source(with_data(params, source="manifest", manifest=missing), tmp_path)
+
+
+def test_prepare_source_manifest(manifest_csv, tmp_path):
+    params = load_params(REPO / "params.yaml")
+    manifest = dataclasses.replace(params.data.manifest, path=str(manifest_csv))
+    index, notes, info = sources.prepare_source(with_data(params, source="manifest", manifest=manifest),
+                                                tmp_path / "raw")
+    assert info.source == "manifest" and info.classes == ["healthy", "tumour"]
+    assert len(index) == 5
+
+
+def test_prepare_source_btxrd_variants_share_one_ingest(tiny_twin, tmp_path, monkeypatch):
+    params = load_params(REPO / "params.yaml")
+    calls = []
+
+    def fake_fetch(btxrd_params, raw_dir, cache_dir):
+        calls.append((btxrd_params, Path(raw_dir), Path(cache_dir)))
+        return tiny_twin
+
+    monkeypatch.setattr(download, "fetch_and_extract", fake_fetch)
+    cache = dataclasses.replace(params.data.btxrd, cache_dir=str(tmp_path / "cache"))
+    fetched = sources.prepare_source(with_data(params, source="btxrd", btxrd=cache), tmp_path / "raw")
+    assert calls == [(cache, tmp_path / "raw", tmp_path / "cache")]
+    folder = dataclasses.replace(params.data.btxrd_dir, path=str(tiny_twin))
+    local = sources.prepare_source(with_data(params, source="btxrd_dir", btxrd_dir=folder), tmp_path / "raw2")
+    for index, notes, info in (fetched, local):
+        assert info.classes == btxrd.CLASSES and info.root == str(tiny_twin)
+        assert list(index.columns) == INDEX_COLUMNS
+    pd.testing.assert_frame_equal(fetched[0], local[0])
+    assert (fetched[2].source, local[2].source) == ("btxrd", "btxrd_dir")
+
+
+def test_prepare_source_synthetic_is_reproducible(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    small = dataclasses.replace(params.data.synthetic, n_images=24, min_side=96, max_side=128)
+    params = with_data(params, source="synthetic", synthetic=small)
+    first = sources.prepare_source(params, tmp_path / "a")
+    second = sources.prepare_source(params, tmp_path / "b")
+    assert first[2].classes == btxrd.CLASSES and first[2].source == "synthetic"
+    strip = lambda df, root: df.replace(str(root), "", regex=True)  # noqa: E731
+    pd.testing.assert_frame_equal(strip(first[0], tmp_path / "a"), strip(second[0], tmp_path / "b"))
+    assert len(first[0]) >= 24
