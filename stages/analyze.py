@@ -1,0 +1,62 @@
+"""Analyze stage: bootstrap intervals, binary operating points and subgroup metrics on test."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from assurexray.bootstrap import METHOD, bootstrap_metrics, read_groups, read_predictions
+from assurexray.operating_points import operating_points
+from assurexray.params import load_params
+from assurexray.schema import DatasetInfo, read_index
+from assurexray.subgroups import (
+    forest_plot, plot_records, subgroup_factors, subgroup_table, summarize_subgroups)
+
+log = logging.getLogger("analyze")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("params", "predictions", "groups", "index", "info", "metrics", "subgroups",
+                 "plots"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = load_params(args.params)
+    a, seed = params.analysis, params.seed
+    classes = DatasetInfo.load(args.info).classes
+    groups = read_groups(args.groups)
+    val = read_predictions(args.predictions / "val.csv", classes, groups)
+    test = read_predictions(args.predictions / "test.csv", classes, groups)
+    factors = subgroup_factors(read_index(args.index), test.image_ids, a.age_bands)
+
+    table = subgroup_table(test, factors, classes, a.age_bands, a.bootstrap_iterations,
+                           a.ci_level, seed, a.min_subgroup_size)
+    report = {
+        "method": METHOD, "iterations": a.bootstrap_iterations, "ci_level": a.ci_level,
+        "seed": seed,
+        "test": {"n_images": len(test), "n_groups": len(set(test.groups)),
+                 "note": table["reason"].iloc[0] or None,
+                 **bootstrap_metrics(test, classes, a.bootstrap_iterations, a.ci_level, seed)},
+        "operating_points": operating_points(val, test, classes, a.sensitivity_target,
+                                             a.specificity_target, a.bootstrap_iterations,
+                                             a.ci_level, seed),
+        "subgroups": summarize_subgroups(table, a.min_subgroup_size),
+    }
+
+    for path in (args.metrics, args.subgroups):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    args.plots.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    table.to_csv(args.subgroups, index=False)
+    (args.plots / "subgroup_auc.json").write_text(
+        json.dumps(plot_records(table), indent=2, allow_nan=False) + "\n")
+    forest_plot(table, args.plots / "subgroup_auc.png")
+    log.info("test macro AUC %s; wrote %s, %s, %s", report["test"]["macro_auc"], args.metrics,
+             args.subgroups, args.plots)
+
+
+if __name__ == "__main__":
+    main()
