@@ -166,7 +166,7 @@ def test_every_warning_fires_and_keeps_the_image(handmade, result):
 def test_reason_strings_name_the_problem(result):
     rows = by_id(result)
     assert "nowhere.jpeg" in rows["missing"]["reason"]
-    assert "end-of-image" in rows["truncated"]["reason"]
+    assert "truncated.jpeg" in rows["truncated"]["reason"]
     assert "benign=1 and malignant=1" in rows["contradict"]["reason"]
     assert "Weird" in rows["unknown_label"]["reason"]
     assert "clash_b" in rows["clash_a"]["reason"] and "Benign" in rows["clash_a"]["reason"]
@@ -235,13 +235,17 @@ def test_phash_matches_explicit_dct_and_scipy_dct_is_orthonormal():
         assert audit.phash(img) == reference_phash(img)
 
 
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
 def test_phash_properties():
     a, b = texture(1), texture(2)
-    assert audit.hamming(audit.phash(a), audit.phash(a.copy())) == 0
+    assert hamming(audit.phash(a), audit.phash(a.copy())) == 0
     decoded = np.array(Image.open(io.BytesIO(jpeg_bytes(
         np.array(Image.fromarray(a).resize((150, 180), Image.BILINEAR)), 60))))
-    assert audit.hamming(audit.phash(a), audit.phash(decoded)) <= 4
-    distances = [audit.hamming(audit.phash(texture(i)), audit.phash(texture(i + 100))) for i in range(10)]
+    assert hamming(audit.phash(a), audit.phash(decoded)) <= 4
+    distances = [hamming(audit.phash(texture(i)), audit.phash(texture(i + 100))) for i in range(10)]
     assert min(distances) > 12 and np.mean(distances) > 24
     assert 0 <= audit.phash(a) < 2 ** 64
 
@@ -350,3 +354,22 @@ def test_audit_flags_every_planted_defect_of_the_twin(tiny_twin):
     assert m["exact_duplicate_pairs"] == len(planted["quirks"]["exact_duplicates"])
     assert m["images_in"] == len(index) == m["usable"] + m["excluded"] == len(result.quality)
     assert m["notes"]["total"] == len(notes) and sum(m["notes"]["by_reason"].values()) == len(notes)
+
+
+def test_real_btxrd_annotations_pass_the_annotation_checks(shared_btxrd):
+    """The 84 real LabelMe files agree with the real metadata subtypes and stay in bounds."""
+    from assurexray import btxrd
+
+    meta = btxrd.read_metadata(shared_btxrd / "dataset.csv")
+    meta["stem"] = meta["image_id"].map(lambda i: Path(i).stem)
+    subtypes = {r["stem"]: {c for c in btxrd.SUBTYPE_COLUMNS if btxrd.is_set(r[c])}
+                for r in meta.to_dict("records")}
+    files = sorted((shared_btxrd / "annotations").glob("*.json"))
+    assert len(files) >= 80
+    for path in files:
+        doc = json.loads(path.read_text())
+        findings = audit.annotation_findings(str(path), doc["imageWidth"], doc["imageHeight"],
+                                             subtypes[path.stem])
+        assert findings == [], (path.name, findings)
+        wrong = audit.annotation_findings(str(path), doc["imageWidth"] // 2, doc["imageHeight"], {"other"})
+        assert {audit.kind_of(f) for f in wrong} >= {audit.SIZE_MISMATCH, audit.LABEL_MISMATCH}

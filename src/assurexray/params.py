@@ -59,6 +59,7 @@ class DataParams:
 class AuditParams:
     near_duplicate_hamming: int = 4
     max_image_pixels: int = 200_000_000
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SplitOptions:
 @dataclass(frozen=True)
 class PreprocessParams:
     cache_size: int = 256
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class ExplainParams:
     per_class: int = 3
     cam_threshold: float = 0.5
     road_percentiles: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
+    batch_size: int = 16
 
 
 @dataclass(frozen=True)

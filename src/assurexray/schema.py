@@ -23,8 +23,9 @@ INDEX_COLUMNS = [
 
 # The audit's verdict, one row per index row: usable (bool), reason ('' when usable),
 # warnings ('; '-joined, not excluding), content hash, perceptual hash, duplicate cluster id
-# (exact or near; '' when unique).
-QUALITY_COLUMNS = ["image_id", "usable", "reason", "warnings", "sha256", "phash", "dup_cluster"]
+# (exact or near; '' when unique), and whether its annotation may be used for localization.
+QUALITY_COLUMNS = ["image_id", "usable", "reason", "warnings", "sha256", "phash", "dup_cluster",
+                   "annotation_usable"]
 
 
 @dataclass(frozen=True)

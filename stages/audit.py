@@ -1,0 +1,39 @@
+"""Audit stage: decode every indexed image, check labels, annotations and duplicates, report."""
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from assurexray.audit import render_report, run_audit, write_plots
+from assurexray.params import load_params
+from assurexray.schema import DatasetInfo, read_index
+
+log = logging.getLogger("audit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("params", "index", "notes", "info", "quality", "report", "metrics", "plots"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    notes = pd.read_csv(args.notes, dtype=str, keep_default_na=False)
+    result = run_audit(read_index(args.index), notes, DatasetInfo.load(args.info),
+                       load_params(args.params).audit)
+    for path in (args.quality, args.report, args.metrics):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    result.quality.to_csv(args.quality, index=False)
+    args.metrics.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    figures = write_plots(result, args.plots)
+    args.report.write_text(render_report(result, figures, args.report))
+    m = result.metrics
+    log.info("%d images in = %d usable + %d excluded; %d exact and %d near duplicate pairs",
+             m["images_in"], m["usable"], m["excluded"], m["exact_duplicate_pairs"],
+             m["near_duplicate_pairs"])
+
+
+if __name__ == "__main__":
+    main()
