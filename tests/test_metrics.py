@@ -1,11 +1,16 @@
-"""metrics.py against scikit-learn on known and random arrays."""
+"""metrics.py against scikit-learn on known and random arrays; evaluation.py helpers."""
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn import metrics as skm
+from torch.utils.data import DataLoader, TensorDataset
 
+from assurexray.evaluation import (
+    SplitPredictions, check_cache_size, confusion_rows, curve_rows, evaluation_metrics,
+    predict_logits, read_predictions, write_plots)
 from assurexray.metrics import (
     binary_rates, classification_metrics, confusion_matrix, json_safe, ovr_auc, per_class_metrics)
 
@@ -126,3 +131,85 @@ def test_confusion_matrix_and_bad_input():
 def test_json_safe_converts_numpy_and_nan():
     out = json_safe({"a": np.float32(0.5), "b": [np.nan, np.int64(3)], 1: np.array([1.0, np.inf])})
     assert out == {"a": 0.5, "b": [None, 3], "1": [1.0, None]}
+
+
+# ------------------------------------------------------------------ evaluation helpers
+
+class DropoutNet(torch.nn.Module):
+    """Linear model with dropout: outputs are deterministic only in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop, self.fc = torch.nn.Dropout(0.5), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.drop(x))
+
+
+def test_predict_logits_eval_mode_order_and_restored_mode():
+    x = torch.randn(23, 4)
+    data = TensorDataset(x, torch.zeros(23, dtype=torch.long))
+    model = DropoutNet().train()
+    a = predict_logits(model, data, batch_size=5, device="cpu")
+    b = predict_logits(model, DataLoader(data, batch_size=23), batch_size=0, device="cpu")
+    assert model.training, "the caller's train mode must be restored"
+    assert a.shape == (23, 3) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(a, model.eval().fc(x).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        predict_logits(model, TensorDataset(torch.empty(0, 4)), 4, "cpu")
+
+
+def test_predictions_table_round_trip(tmp_path):
+    y, probs = random_case(8, n=40)
+    preds = SplitPredictions(np.array([f"id{i}" for i in range(40)]), CLASSES, y, np.log(probs))
+    frame = preds.to_frame()
+    assert list(frame.columns) == ["image_id", "true", "pred", "prob_Normal", "prob_Benign",
+                                   "prob_Malignant", "logit_Normal", "logit_Benign", "logit_Malignant"]
+    np.testing.assert_allclose(frame.filter(like="prob_").to_numpy(), probs, rtol=1e-9)
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    back = read_predictions(tmp_path / "p.csv")
+    assert back.classes == CLASSES and (back.y_true == y).all()
+    np.testing.assert_allclose(back.logits, preds.logits)
+    frame.assign(true="Unknown").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="bad.csv.*Unknown"):
+        read_predictions(tmp_path / "bad.csv")
+
+
+def test_curve_rows_follow_sklearn_and_are_thinned():
+    y, probs = random_case(9, n=2000)
+    roc, pr = curve_rows(y, probs, CLASSES, max_points=50)
+    for i, c in enumerate(CLASSES):
+        rows = [r for r in roc if r["class"] == c]
+        fpr, tpr, _ = skm.roc_curve(y == i, probs[:, i])
+        assert 2 < len(rows) <= 50
+        assert (rows[0]["fpr"], rows[0]["tpr"]) == (fpr[0], tpr[0])
+        assert (rows[-1]["fpr"], rows[-1]["tpr"]) == (1.0, 1.0)
+        assert np.trapezoid([r["tpr"] for r in rows], [r["fpr"] for r in rows]) == \
+            pytest.approx(skm.roc_auc_score(y == i, probs[:, i]), abs=0.01)
+        assert 2 < len([r for r in pr if r["class"] == c]) <= 50
+    confusion = confusion_rows(y, probs.argmax(1), CLASSES)
+    assert len(confusion) == len(y) and confusion[0] == {
+        "actual": CLASSES[y[0]], "predicted": CLASSES[probs[0].argmax()]}
+
+
+def test_write_plots_and_absent_class(tmp_path):
+    y, probs = random_case(10, n=60)
+    y[y == 1] = 0  # Benign absent: no curve for it, everything else still written
+    preds = SplitPredictions(np.arange(60).astype(str), CLASSES, y, np.log(probs))
+    metrics = evaluation_metrics({"test": preds})["test"]
+    write_plots(preds, metrics, tmp_path)
+    roc = json.loads((tmp_path / "roc.json").read_text())
+    assert {r["class"] for r in roc} == {"Normal", "Malignant"}
+    for name in ("pr.json", "confusion.json", "roc.png", "confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_check_cache_size():
+    class Cache:
+        size = 64
+    check_cache_size({"cache_size": 64}, Cache(), "c")
+    with pytest.raises(ValueError, match="c: cache images are 64 px"):
+        check_cache_size({"cache_size": 256}, Cache(), "c")

@@ -1,0 +1,214 @@
+"""Batched inference, the predictions table, and the evaluate stage's plot data.
+
+``predict_logits`` is the one inference loop of the project (evaluate, explain, robustness
+and predict all call it), so every consumer sees the same eval-mode, no-grad numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from scipy.special import softmax
+from sklearn.metrics import precision_recall_curve, roc_curve
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from assurexray.datasets import CachedDataset
+from assurexray.metrics import classification_metrics, json_safe
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_logits(model: torch.nn.Module, data: Dataset | DataLoader, batch_size: int,
+                   device: torch.device | str) -> np.ndarray:
+    """(N, K) float32 logits in dataset order; the model's train/eval mode is restored after.
+
+    ``data`` yields images or (image, label, ...) tuples; a Dataset is batched here without
+    shuffling or worker processes, so the order (and any seeded corruption) is reproducible.
+    """
+    loader = data if isinstance(data, DataLoader) else DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=0)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
+                images = batch[0] if isinstance(batch, (list, tuple)) else batch
+                chunks.append(model(images.to(device)).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("predict_logits: the dataset is empty")
+    return np.concatenate(chunks)
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """One partition's model outputs: ids, true class indices, logits (N, K) in class order."""
+    image_ids: np.ndarray
+    classes: list[str]
+    y_true: np.ndarray
+    logits: np.ndarray
+
+    def probs(self, temperature: float = 1.0) -> np.ndarray:
+        return softmax(self.logits / temperature, axis=1)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The predictions CSV layout: image_id, true, pred, prob_<class>..., logit_<class>..."""
+        names = np.asarray(self.classes)
+        frame = pd.DataFrame({"image_id": self.image_ids, "true": names[self.y_true],
+                              "pred": names[self.y_pred]})
+        probs = self.probs()
+        for i, c in enumerate(self.classes):
+            frame[f"prob_{c}"] = probs[:, i]
+        for i, c in enumerate(self.classes):
+            frame[f"logit_{c}"] = self.logits[:, i]
+        return frame
+
+
+def check_cache_size(meta: dict, cache, cache_dir) -> None:
+    """The model must see images letterboxed at the size it was trained on."""
+    if cache.size != meta["cache_size"]:
+        raise ValueError(f"{cache_dir}: cache images are {cache.size} px but the model was trained "
+                         f"on a {meta['cache_size']} px cache; rerun the train stage")
+
+
+def predict_images(model: torch.nn.Module, cache, image_ids, labels: np.ndarray,
+                   classes: list[str], transform, batch_size: int,
+                   device: torch.device | str) -> SplitPredictions:
+    """Logits for ``image_ids`` read from ``cache`` (anything CachedDataset accepts)."""
+    dataset = CachedDataset(cache, image_ids, labels, transform)
+    logits = predict_logits(model, dataset, batch_size, device)
+    return SplitPredictions(np.asarray(image_ids), list(classes), np.asarray(labels), logits)
+
+
+def read_predictions(path: str | Path) -> SplitPredictions:
+    """Read a predictions CSV back; classes come from the logit_<class> columns, in order."""
+    df = pd.read_csv(path, dtype={"image_id": str, "true": str, "pred": str},
+                     keep_default_na=False)
+    logit_cols = [c for c in df.columns if c.startswith("logit_")]
+    classes = [c[len("logit_"):] for c in logit_cols]
+    if not classes or not {"image_id", "true"} <= set(df.columns):
+        raise ValueError(f"{path}: not a predictions table "
+                         "(needs image_id, true, logit_<class>...)")
+    unknown = sorted(set(df["true"]) - set(classes))
+    if unknown:
+        raise ValueError(f"{path}: true labels {unknown} are not among the classes {classes}")
+    duplicated = df["image_id"][df["image_id"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{path}: duplicated image_id {duplicated.iloc[0]!r}")
+    logits = df[logit_cols].to_numpy(float)
+    if not np.isfinite(logits).all():
+        raise ValueError(f"{path}: non-finite logits")
+    lookup = {c: i for i, c in enumerate(classes)}
+    return SplitPredictions(df["image_id"].to_numpy(), classes,
+                            df["true"].map(lookup).to_numpy(int), logits)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Strict JSON (NaN -> null), creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def evaluation_metrics(partitions: dict[str, SplitPredictions]) -> dict:
+    """{partition: classification_metrics} (same keys for every split strategy)."""
+    out = {}
+    for name, preds in partitions.items():
+        out[name] = classification_metrics(preds.y_true, preds.probs(), preds.classes)
+        for note in out[name]["notes"]:
+            log.warning("%s: %s", name, note)
+    return out
+
+
+def write_plots(preds: SplitPredictions, metrics: dict, out_dir: str | Path) -> None:
+    """DVC plot data (roc.json, pr.json, confusion.json) and PNGs (roc.png, confusion.png)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    roc, pr = curve_rows(preds.y_true, preds.probs(), preds.classes)
+    write_json(out_dir / "roc.json", roc)
+    write_json(out_dir / "pr.json", pr)
+    write_json(out_dir / "confusion.json",
+               confusion_rows(preds.y_true, preds.y_pred, preds.classes))
+    aucs = {c: m["auc"] for c, m in metrics["per_class"].items()}
+    plot_roc(roc, aucs, out_dir / "roc.png")
+    plot_confusion(metrics["confusion_matrix"], preds.classes, out_dir / "confusion.png")
+
+
+def _thin(n: int, max_points: int) -> np.ndarray:
+    """At most ``max_points`` evenly spaced indices of 0..n-1, both ends kept."""
+    return np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(int))
+
+
+def curve_rows(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+               max_points: int = 300) -> tuple[list[dict], list[dict]]:
+    """One-vs-rest ROC rows {class, fpr, tpr} and PR rows {class, recall, precision}.
+
+    A class absent from ``y_true`` has no curve and is logged.
+    """
+    roc, pr = [], []
+    for i, c in enumerate(classes):
+        positive = y_true == i
+        if positive.all() or not positive.any():
+            log.warning("class %r: no ROC/PR curve (it has no positive or no negative image)", c)
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, i])
+        keep = _thin(len(fpr), max_points)
+        roc += [{"class": c, "fpr": float(f), "tpr": float(t)}
+                for f, t in zip(fpr[keep], tpr[keep])]
+        precision, recall, _ = precision_recall_curve(positive, probs[:, i])
+        keep = _thin(len(recall), max_points)
+        pr += [{"class": c, "recall": float(r), "precision": float(p)}
+               for r, p in zip(recall[keep], precision[keep])]
+    return roc, pr
+
+
+def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict]:
+    """One {actual, predicted} row per image, for DVC's confusion template."""
+    return [{"actual": classes[t], "predicted": classes[p]} for t, p in zip(y_true, y_pred)]
+
+
+def plot_roc(roc: list[dict], aucs: dict[str, float], path: str | Path) -> None:
+    fig = Figure(figsize=(5, 5), dpi=120)
+    ax = fig.subplots()
+    frame = pd.DataFrame(roc, columns=["class", "fpr", "tpr"])
+    for c, rows in frame.groupby("class", sort=False):
+        ax.plot(rows["fpr"], rows["tpr"], label=f"{c} (AUC {aucs[c]:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1),
+           title="One-vs-rest ROC (test)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path) -> None:
+    matrix = np.asarray(matrix)
+    fig = Figure(figsize=(4.5, 4), dpi=120)
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = np.arange(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes,
+           xlabel="Predicted", ylabel="Actual", title="Confusion matrix (test)")
+    for (r, c), count in np.ndenumerate(matrix):
+        ax.text(c, r, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path)

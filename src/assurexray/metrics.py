@@ -1,0 +1,137 @@
+"""Classification metrics for a K-class classifier, vectorized for bootstrap use.
+
+The helpers work along the last axis, so a bootstrap can pass (B, N) resampled arrays and get
+B values in one call. Undefined values (a class absent from y_true, no predicted positives)
+are NaN, never a silent 0; ``json_safe`` turns them into JSON null.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def ovr_auc(y_true_bin: np.ndarray, scores: np.ndarray) -> np.ndarray | float:
+    """ROC AUC of ``scores`` for the positives in ``y_true_bin`` along the last axis.
+
+    Mann-Whitney U from average ranks (ties count one half), so it equals
+    sklearn.metrics.roc_auc_score. NaN where one of the two classes is absent.
+    """
+    y = np.asarray(y_true_bin, dtype=bool)
+    ranks = rankdata(np.asarray(scores, dtype=float), axis=-1)
+    n_pos = y.sum(axis=-1)
+    n_neg = y.shape[-1] - n_pos
+    rank_sum = np.where(y, ranks, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    auc = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+    return auc[()]
+
+
+def binary_counts(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, np.ndarray]:
+    """tp, fp, fn, tn along the last axis."""
+    y = np.asarray(y_true_bin, dtype=bool)
+    p = np.asarray(y_pred_bin, dtype=bool)
+    return {
+        "tp": (y & p).sum(axis=-1), "fp": (~y & p).sum(axis=-1),
+        "fn": (y & ~p).sum(axis=-1), "tn": (~y & ~p).sum(axis=-1),
+    }
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)[()]
+
+
+def binary_rates(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, PPV, NPV and F1 along the last axis (NaN when undefined)."""
+    c = binary_counts(y_true_bin, y_pred_bin)
+    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+    return {
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = actual class, columns = predicted class."""
+    flat = np.asarray(y_true) * n_classes + np.asarray(y_pred)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def per_class_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """One-vs-rest AUC, sensitivity, specificity, PPV, NPV, F1 and support for each class.
+
+    Arrays have shape (K,) for (N,) labels, or (B, K) for (B, N) labels and (B, N, K) probs.
+    """
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=float)
+    k = probs.shape[-1]
+    onehot = y_true[..., None] == np.arange(k)                      # (..., N, K)
+    predicted = probs.argmax(axis=-1)[..., None] == np.arange(k)
+    onehot, predicted = np.moveaxis(onehot, -1, -2), np.moveaxis(predicted, -1, -2)
+    out = binary_rates(onehot, predicted)                           # (..., K)
+    out["auc"] = ovr_auc(onehot, np.moveaxis(probs, -1, -2))
+    out["support"] = onehot.sum(axis=-1)
+    return out
+
+
+def classification_metrics(y_true, probs, classes) -> dict:
+    """Accuracy, balanced accuracy, macro AUC/F1, weighted F1, per-class rates, confusion matrix.
+
+    Macro averages run over the classes where the value is defined; a class absent from
+    ``y_true`` has AUC NaN (JSON null) and a note saying so.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    classes = list(classes)
+    if probs.ndim != 2 or probs.shape != (len(y_true), len(classes)):
+        raise ValueError(f"probs shape {probs.shape} does not match {len(y_true)} labels "
+                         f"x {len(classes)} classes")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= len(classes)):
+        raise ValueError(f"labels must lie in 0..{len(classes) - 1}, got {sorted(set(y_true))}")
+    y_pred = probs.argmax(axis=1)
+    pc = per_class_metrics(y_true, probs)
+    support = pc["support"]
+    notes = [f"class {c!r} is absent from the labels: its AUC and sensitivity are undefined"
+             for c, s in zip(classes, support) if s == 0]
+    rates = ("auc", "sensitivity", "specificity", "ppv", "npv", "f1")
+    per_class = {c: {"support": int(support[i]), **{m: float(pc[m][i]) for m in rates}}
+                 for i, c in enumerate(classes)}
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else math.nan,
+        "balanced_accuracy": _nanmean(pc["sensitivity"]),
+        "macro_auc": _nanmean(pc["auc"]),
+        "macro_f1": _nanmean(pc["f1"]),
+        "weighted_f1": float(_ratio(np.nansum(pc["f1"] * support), support.sum())),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "notes": notes,
+    }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def json_safe(obj):
+    """Recursively convert numpy scalars to Python and NaN/inf to None, for strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,41 @@
+"""Calibrate stage: temperature scaling fitted on validation logits, checked on test."""
+import argparse
+import logging
+from pathlib import Path
+
+from assurexray.calibration import plot_reliability, reliability_rows, temperature_scaling_report
+from assurexray.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.evaluation import read_predictions, write_json
+from assurexray.params import load_params
+
+log = logging.getLogger("calibrate")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("params", "model", "predictions", "out_model", "metrics", "plots"):
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    n_bins = load_params(args.params).analysis.calibration_bins
+    model, meta = load_checkpoint(args.model, "cpu")
+    val, test = (read_predictions(args.predictions / f"{p}.csv") for p in ("val", "test"))
+    for preds, name in ((val, "val"), (test, "test")):
+        if preds.classes != meta["classes"]:
+            raise ValueError(f"{args.predictions / name}.csv: classes {preds.classes} differ from "
+                             f"the model's {meta['classes']}; rerun the evaluate stage")
+    report = temperature_scaling_report(val.logits, val.y_true, test.logits, test.y_true, n_bins)
+    write_json(args.metrics, report)
+    rows = reliability_rows(test.logits, test.y_true, n_bins, report["temperature"])
+    write_json(args.plots / "reliability.json", rows)
+    plot_reliability(rows, f"Reliability (test), T = {report['temperature']:.2f}",
+                     args.plots / "reliability.png")
+    save_checkpoint(args.out_model, model, {**meta, "temperature": report["temperature"]})
+    log.info("T = %.3f; test ECE %.3f -> %.3f, NLL %.3f -> %.3f", report["temperature"],
+             report["test"]["before"]["ece"], report["test"]["after"]["ece"],
+             report["test"]["before"]["nll"], report["test"]["after"]["nll"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Robustness stage: test metrics under acquisition degradations at several severities."""
+import argparse
+import logging
+from pathlib import Path
+
+from assurexray.cache import ImageCache
+from assurexray.checkpoint import load_checkpoint
+from assurexray.datasets import read_split
+from assurexray.evaluation import check_cache_size, default_device, write_json
+from assurexray.params import load_params
+from assurexray.robustness import drop_rows, evaluate_robustness, plot_robustness
+from assurexray.transforms import eval_transform
+
+log = logging.getLogger("robustness")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("params", "model", "cache", "splits", "metrics", "plots"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = load_params(args.params)
+    device = default_device()
+    model, meta = load_checkpoint(args.model, device)
+    cache = ImageCache(args.cache)
+    check_cache_size(meta, cache, args.cache)
+    ids, labels = read_split(args.splits / "test.csv", meta["classes"])
+    transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+    report = evaluate_robustness(model, cache, ids, labels, meta["classes"], transform,
+                                 params.robustness.severities, params.evaluate.batch_size,
+                                 device, params.seed)
+    write_json(args.metrics, report)
+    args.plots.mkdir(parents=True, exist_ok=True)
+    write_json(args.plots / "robustness.json", drop_rows(report))
+    plot_robustness(report, args.plots / "robustness.png")
+    log.info("clean macro AUC %.3f; worst drop %.3f (%s)", report["clean"]["macro_auc"],
+             report["worst_macro_auc_drop"], report["worst_corruption"])
+
+
+if __name__ == "__main__":
+    main()
