@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.report import fmt
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ METRICS = [
     ("Malignant specificity", "metrics/analysis.json", "test.specificity.Malignant"),
     ("ECE (after temperature scaling)", "metrics/calibration.json", "test.after.ece"),
     ("Pointing game (correct tumour images)", "metrics/explain.json",
-     "pointing_game.correct.rate"),
-    ("Pointing game chance rate", "metrics/explain.json", "pointing_game.correct.chance"),
+     "localization.true_class.correct.pointing_game"),
+    ("Pointing game chance rate", "metrics/explain.json", "localization.true_class.correct.chance"),
 ]
 
 
@@ -90,15 +91,6 @@ def comparison(by_split: dict[str, dict]) -> list[dict]:
         gap = values[1] - values[0] if None not in values else None
         rows.append({"metric": label, "file": path, "key": key, **cells, "gap": gap})
     return rows
-
-
-def fmt(cell: dict | None) -> str:
-    if not cell or cell["value"] is None:
-        return "n/a"
-    text = f"{cell['value']:.3f}"
-    if cell.get("ci_low") is not None and cell.get("ci_high") is not None:
-        text += f" ({cell['ci_low']:.3f}-{cell['ci_high']:.3f})"
-    return text
 
 
 def to_markdown(rows: list[dict], by_split: dict[str, dict]) -> str:
