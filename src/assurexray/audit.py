@@ -73,6 +73,7 @@ INGEST_ISSUE_KINDS = (
     ("image file missing", MISSING),
     ("empty path", MISSING),
     ("empty label", EMPTY_LABEL),
+    ("image_id repeated", REPEATED_ID),
     ("annotation", ANNOTATION_INGEST),
 )
 
