@@ -1,15 +1,25 @@
 """Letterbox geometry, point mapping and the decode-once image cache."""
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from assurexray.cache import CacheError, ImageCache, build_cache, letterbox, map_points
+from assurexray import btxrd
+from assurexray.audit import run_audit
+from assurexray.cache import (
+    CacheError, ImageCache, build_cache, content_box, letterbox, map_points)
 from assurexray.imageio import read_image
-from assurexray.schema import INDEX_COLUMNS
+from assurexray.params import AuditParams
+from assurexray.schema import INDEX_COLUMNS, DatasetInfo, write_index
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def bright_box(img: np.ndarray) -> np.ndarray:
@@ -27,7 +37,7 @@ def test_letterbox_shape_and_placement(h, w, size):
     assert scale == pytest.approx(size / max(h, w))
     content = bright_box(out)
     assert max(content[2] - content[0], content[3] - content[1]) == size  # longer side fills
-    assert content[:2].tolist() == [pad_x, pad_y]
+    assert content.tolist() == list(content_box(w, h, scale, pad_x, pad_y))
     assert abs((size - content[2]) - pad_x) <= 1 and abs((size - content[3]) - pad_y) <= 1
 
 
@@ -74,7 +84,8 @@ def labelme(path: Path, w: int, h: int, rect=RECT) -> str:
 
 @pytest.fixture
 def small_dataset(tmp_path):
-    """Four readable images (one annotated, one with a broken annotation), one excluded."""
+    """Four readable images, one excluded. img0 is annotated; img1's annotation does not parse;
+    img3's parses but the audit rejected it for localization."""
     rng = np.random.default_rng(0)
     rows, sizes = [], [(240, 120), (100, 180), (64, 64), (90, 300)]
     for i, (h, w) in enumerate(sizes):
@@ -88,14 +99,18 @@ def small_dataset(tmp_path):
         if i == 1:
             annotation = str(tmp_path / "img1.json")
             Path(annotation).write_text("{not json")
+        if i == 3:
+            annotation = labelme(tmp_path / "img3.json", w, h)
         cv2.imwrite(str(path), img)
         rows.append({"image_id": f"img{i}", "file": str(path), "annotation": annotation})
     (tmp_path / "bad.jpeg").write_bytes(b"")
     rows.append({"image_id": "bad", "file": str(tmp_path / "bad.jpeg"), "annotation": ""})
     index = pd.DataFrame([{**dict.fromkeys(INDEX_COLUMNS, ""), "width": -1, "height": -1, **r}
                           for r in rows], columns=INDEX_COLUMNS)
-    quality = pd.DataFrame({"image_id": index["image_id"], "usable": index["image_id"] != "bad",
-                            "reason": "", "warnings": "", "sha256": "", "phash": "", "dup_cluster": ""})
+    usable = index["image_id"] != "bad"
+    quality = pd.DataFrame({"image_id": index["image_id"], "usable": usable, "reason": "",
+                            "warnings": "", "sha256": "", "phash": "", "dup_cluster": "",
+                            "annotation_usable": index["image_id"].isin(["img0", "img1"])})
     return index, quality
 
 
@@ -128,6 +143,7 @@ def test_cached_lesions_are_in_cache_pixels(small_dataset, tmp_path):
     np.testing.assert_allclose(np.min(lesion["polygon"], axis=0), lesion["box"][:2])
     assert cache.lesions("img1") == []  # annotation does not parse: no lesions
     assert cache.lesions("img2") == []  # not annotated
+    assert cache.lesions("img3") == []  # the audit rejected its annotation
     assert set(json.loads((tmp_path / "cache" / "lesions.json").read_text())) == {"img0"}
 
 
@@ -163,3 +179,32 @@ def test_rebuild_replaces_the_cache_atomically(small_dataset, tmp_path):
 def test_incomplete_cache_is_reported(tmp_path):
     with pytest.raises(CacheError, match="rerun the preprocess stage"):
         ImageCache(tmp_path)
+
+
+def test_preprocess_stage_on_the_tiny_twin(tiny_twin, tmp_path):
+    index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
+    info = DatasetInfo("synthetic", list(btxrd.CLASSES), str(tiny_twin))
+    quality = run_audit(index, notes, info, AuditParams()).quality
+    write_index(index, tmp_path / "index.csv")
+    quality.to_csv(tmp_path / "quality.csv", index=False)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["preprocess"]["cache_size"] = 96
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO / "stages" / "preprocess.py"), "--params", "params.yaml",
+           "--index", "index.csv", "--quality", "quality.csv", "--out", "data/cache"]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    print(f"preprocess stage, tiny twin ({len(index)} images): {time.perf_counter() - start:.2f} s")
+    cache = ImageCache(tmp_path / "data" / "cache")
+    usable = quality[quality["usable"]]
+    assert cache.images.shape == (len(usable), 96, 96)
+    assert cache.meta["image_id"].tolist() == sorted(usable["image_id"])
+    annotated = set(usable.loc[usable["annotation_usable"], "image_id"])
+    lesions = json.loads((tmp_path / "data" / "cache" / "lesions.json").read_text())
+    assert annotated and set(lesions) == annotated
+    for image_id in annotated:  # every cached lesion lies inside the letterboxed image
+        row = cache.meta.iloc[cache.row_of(image_id)]
+        x0, y0, x1, y1 = content_box(*row[["width", "height", "scale", "pad_x", "pad_y"]])
+        for lesion in cache.lesions(image_id):
+            box = lesion["box"]
+            assert x0 - 1 <= box[0] < box[2] <= x1 + 1 and y0 - 1 <= box[1] < box[3] <= y1 + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.path import Path
 from scipy import ndimage
@@ -140,3 +141,19 @@ def test_grouped_summary_counts_and_polygon_subset():
     assert list(out["by_class"]) == ["Benign", "Malignant"]
     assert out["by_class"]["Malignant"]["iou_polygon"] is None
     assert out["correct"]["n"] == 2 and out["incorrect"]["pointing_game"] == 0.0
+
+
+def test_model_frame_annotations_scale_lesions_and_content_box():
+    class FakeCache:  # the ImageCache surface the function reads
+        size = 64
+        meta = pd.DataFrame({"image_id": ["wide"], "row": [0], "scale": [0.64], "pad_x": [0],
+                             "pad_y": [16], "width": [100], "height": [50]})
+
+        @staticmethod
+        def lesions(image_id):
+            return [{"label": "Benign", "box": [8, 20, 24, 40], "polygon": [[8, 20], [24, 40], [8, 40]]}]
+
+    (lesions,), (content,) = loc.model_frame_annotations(FakeCache(), ["wide"], image_size=32)
+    assert content == pytest.approx([0, 8, 32, 24])           # letterbox rows 16..48 of 64, halved
+    assert lesions[0]["box"] == [4, 10, 12, 20]
+    assert lesions[0]["polygon"] == [[4, 10], [12, 20], [4, 20]]

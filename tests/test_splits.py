@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from assurexray import btxrd
+from assurexray.audit import run_audit
+from assurexray.params import AuditParams
 from assurexray.schema import INDEX_COLUMNS, DatasetInfo, write_index
 from assurexray.splits import (
-    SplitError, _fold_counts, assign_groups, make_split, read_quality, split_metrics, write_split)
+    SplitError, assign_groups, make_split, read_quality, split_metrics, write_split)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -29,6 +31,7 @@ def quality_of(index: pd.DataFrame, excluded=(), dups: dict | None = None) -> pd
     return pd.DataFrame({
         "image_id": ids, "usable": ~ids.isin(excluded), "reason": "", "warnings": "",
         "sha256": "", "phash": "", "dup_cluster": [(dups or {}).get(i, "") for i in ids],
+        "annotation_usable": False,
     })
 
 
@@ -75,6 +78,14 @@ def real_case(shared_btxrd):
     dups = {f"IMG{a:06d}": f"block{k}" for k, a in enumerate(range(1948, 1956))}
     dups |= {f"IMG{b:06d}": f"block{k}" for k, b in enumerate(range(2166, 2174))}
     return index, quality_of(index, dups=dups)
+
+
+@pytest.fixture(scope="module")
+def twin_case(tiny_twin):
+    """The tiny twin's index and the audit's verdict on it (planted defects excluded)."""
+    index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
+    info = DatasetInfo("synthetic", list(btxrd.CLASSES), str(tiny_twin))
+    return index, run_audit(index, notes, info, AuditParams()).quality
 
 
 def split_of(index, quality, split="stratified", seed=42, train_centers=(1,), val=0.15):
@@ -137,23 +148,17 @@ def test_index_and_quality_must_list_the_same_images():
 
 def test_read_quality_parses_usable(tmp_path):
     path = tmp_path / "quality.csv"
-    path.write_text("image_id,usable,reason,warnings,sha256,phash,dup_cluster\n"
-                    "a,True,,,,,\nb,False,zero bytes,,,,\n")
-    assert read_quality(path)["usable"].tolist() == [True, False]
+    path.write_text("image_id,usable,reason,warnings,sha256,phash,dup_cluster,annotation_usable\n"
+                    "a,True,,,,,,True\nb,False,zero bytes,,,,,False\n")
+    quality = read_quality(path)
+    assert quality["usable"].tolist() == [True, False]
+    assert quality["annotation_usable"].tolist() == [True, False]
     path.write_text(path.read_text().replace("False", "maybe"))
     with pytest.raises(SplitError, match="maybe"):
         read_quality(path)
 
 
 # ------------------------------------------------------------------ stratified split
-
-@pytest.mark.parametrize("fractions,k,expected", [
-    ([0.7, 0.15, 0.15], 20, [14, 3, 3]), ([0.85, 0.15], 20, [17, 3]),
-    ([0.7, 0.15, 0.15], 4, [2, 1, 1]), ([0.98, 0.01, 0.01], 20, [18, 1, 1]),
-    ([0.5, 0.3, 0.2], 7, [4, 2, 1])])
-def test_fold_counts_follow_fractions(fractions, k, expected):
-    assert _fold_counts(fractions, k).tolist() == expected
-
 
 def check_stratified(frame: pd.DataFrame, quality: pd.DataFrame, tolerance: float):
     assert (frame["partition"] != "").all()
@@ -177,6 +182,31 @@ def test_stratified_split_invariants(synthetic_case):
     assert metrics["leakage"] == {"groups_crossing_partitions": 0, "dup_clusters_crossing_partitions": 0}
     assert sum(metrics[p]["images"] for p in ("train", "val", "test")) == len(frame)
     assert metrics["images"]["excluded"] == len(excluded)
+
+
+def test_partition_sizes_follow_other_fractions(synthetic_case):
+    index, quality = synthetic_case
+    frame = make_split(index, quality, CLASSES, "stratified", [0.6, 0.25, 0.15], [1], 0.15, 0)
+    shares = frame["partition"].value_counts(normalize=True)
+    np.testing.assert_allclose(shares[["train", "val", "test"]], [0.6, 0.25, 0.15], atol=0.04)
+
+
+def test_too_few_groups_is_reported():
+    index = index_of([{"image_id": f"i{k}", "label": "Normal"} for k in range(5)])
+    with pytest.raises(SplitError, match="too few"):
+        split_of(index, quality_of(index))
+
+
+def test_tiny_twin_split_keeps_groups_and_duplicates_together(twin_case):
+    index, quality = twin_case
+    assert (quality["dup_cluster"] != "").any() and not quality["usable"].all()
+    for split in ("stratified", "center"):
+        frame = split_of(index, quality, split)
+        assert set(frame["image_id"]) == set(quality.loc[quality["usable"], "image_id"])
+        assert crossing(frame, frame["group"]) == 0
+        assert crossing(frame, dup_keys(frame, quality)) == 0
+        assert (frame["partition"] != "").sum() > 0.9 * len(frame)
+        assert set(frame["partition"]) >= {"train", "val", "test"}
 
 
 def test_leakage_metrics_detect_a_crossing(synthetic_case):

@@ -79,10 +79,7 @@ INGEST_ISSUE_KINDS = (
 
 BOUNDS_TOLERANCE_PX = 1.0  # LabelMe points drawn on the image edge land a fraction outside
 HASH_BLOCK = 1024  # rows per block of the pairwise Hamming distance matrix
-# quality.csv: the schema's columns plus whether localization may use the image's annotation
-# (dict.fromkeys: no second copy once schema.QUALITY_COLUMNS lists it).
-ANNOTATION_USABLE = "annotation_usable"
-OUTPUT_COLUMNS = list(dict.fromkeys([*QUALITY_COLUMNS, ANNOTATION_USABLE]))
+ANNOTATION_USABLE = "annotation_usable"  # quality.csv column: localization may use the annotation
 
 
 def kind_of(message: str) -> str:
@@ -309,7 +306,7 @@ class AuditResult:
 
     @property
     def quality(self) -> pd.DataFrame:
-        return self.table[OUTPUT_COLUMNS]
+        return self.table[QUALITY_COLUMNS]
 
 
 def run_audit(index: pd.DataFrame, notes: pd.DataFrame, info: DatasetInfo,

@@ -110,6 +110,7 @@ class ExplainParams:
     per_class: int = 3
     cam_threshold: float = 0.5
     road_percentiles: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
+    road_images: int = 24
     batch_size: int = 16
 
 
