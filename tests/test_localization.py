@@ -141,6 +141,8 @@ def test_grouped_summary_counts_and_polygon_subset():
     assert list(out["by_class"]) == ["Benign", "Malignant"]
     assert out["by_class"]["Malignant"]["iou_polygon"] is None
     assert out["correct"]["n"] == 2 and out["incorrect"]["pointing_game"] == 0.0
+    empty = loc.summarize([])
+    assert empty["n"] == 0 and empty["pointing_game"] is None and set(empty) == set(out["overall"])
 
 
 def test_model_frame_annotations_scale_lesions_and_content_box():

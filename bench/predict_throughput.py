@@ -1,0 +1,112 @@
+"""Throughput of `assurexray predict` on a folder of generated JPEGs vs the raw model forward.
+
+Both run at the same batch size on the same device: the forward on ready tensors (the ceiling),
+predict on files (decode, letterbox, transform, forward). Goal: predict within 20% of the
+forward. Writes a JSON of the figures.
+
+    python bench/predict_throughput.py --out bench/predict_throughput.json [--checkpoint models/model.pt]
+
+Without --checkpoint an untrained checkpoint of params.yaml's backbone and sizes is used (the
+weights do not change the speed).
+"""
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from assurexray.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.evaluation import default_device
+from assurexray.models import build_model
+from assurexray.params import load_params, to_dict
+from assurexray.predict import Predictor
+from assurexray.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--n", type=int, default=256, help="number of JPEGs")
+    parser.add_argument("--side", type=int, default=1024, help="longer side of the JPEGs (px)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="predict's decoding threads")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = default_device()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = args.checkpoint or untrained_checkpoint(load_params(args.params), tmp / "model.pt")
+        model, meta = load_checkpoint(ckpt, device)
+        files = write_jpegs(tmp / "images", args.n, args.side)
+        shape = (3, meta["image_size"], meta["image_size"])
+        forward = timed(lambda: raw_forward(model, args.n, args.batch_size, shape, device), device)
+        predictor = Predictor(model, meta, ckpt, args.batch_size, args.workers)
+        predict = timed(lambda: sum(1 for _ in predictor.predict(files)), device)
+    result = {"device": str(device), "torch_threads": torch.get_num_threads(),
+              "backbone": meta["backbone"], "image_size": meta["image_size"],
+              "cache_size": meta["cache_size"], "n_images": args.n, "jpeg_side": args.side,
+              "batch_size": args.batch_size, "workers": args.workers,
+              "forward_images_per_s": args.n / forward, "predict_images_per_s": args.n / predict}
+    result["predict_over_forward"] = result["predict_images_per_s"] / result["forward_images_per_s"]
+    result["within_20_percent"] = result["predict_over_forward"] >= 0.8
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def untrained_checkpoint(params, path: Path) -> Path:
+    model = build_model(params.model.backbone, 3, pretrained=False)
+    save_checkpoint(path, model, {
+        "backbone": params.model.backbone, "classes": ["Normal", "Benign", "Malignant"],
+        "image_size": params.train.image_size, "cache_size": params.preprocess.cache_size,
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dropout": params.model.dropout,
+        "params": to_dict(params), "split": params.split, "epoch": 0, "best_val_macro_auc": 0.0})
+    return path
+
+
+def write_jpegs(folder: Path, n: int, side: int) -> list[Path]:
+    """``n`` radiograph-like portrait JPEGs (bright bone band on noise), quality 90."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(n):
+        h, w = side, int(side * rng.uniform(0.6, 0.9))
+        img = rng.normal(40, 12, (h, w)).clip(0, 255).astype(np.uint8)
+        x = int(rng.integers(w // 4, w // 2))
+        img[:, x:x + w // 4] = np.clip(img[:, x:x + w // 4].astype(int) + 150, 0, 255)
+        files.append(folder / f"{i:05d}.jpg")
+        cv2.imwrite(str(files[-1]), cv2.GaussianBlur(img, (7, 7), 0),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return files
+
+
+def raw_forward(model, n: int, batch_size: int, shape: tuple, device) -> None:
+    batch = torch.randn(batch_size, *shape, device=device)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            model(batch[:min(batch_size, n - start)]).cpu()
+
+
+def timed(fn, device) -> float:
+    """Seconds of the second of two runs (the first warms up caches and kernels)."""
+    seconds = []
+    for _ in range(2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds[-1]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Classify radiographs with a trained checkpoint (research use only, not for clinical use).
+
+Each image goes through exactly the evaluation pipeline, read from the checkpoint's meta:
+``imageio.read_image`` -> ``cache.letterbox(cache_size)`` -> ``transforms.eval_transform``
+(image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
+(and in OUT/predictions.jsonl): the predicted class, every class probability (and the
+temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
+with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
+``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
+
+Folders are walked recursively in sorted order, taking files with an image suffix
+(.jpg .jpeg .png .dcm .dicom, any case); other files there are listed in a warning. A file
+named explicitly is always tried, whatever its suffix.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.special import softmax
+from torch.utils.data import TensorDataset
+from tqdm import tqdm
+
+from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.cache import letterbox
+from assurexray.cam import METHODS, compute_cams, overlay
+from assurexray.checkpoint import CheckpointError, load_checkpoint
+from assurexray.evaluation import default_device, predict_logits
+from assurexray.imageio import ImageReadError, read_image
+from assurexray.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_DIR",
+                        help="image files (JPEG, PNG, DICOM) and/or folders")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="models/model.pt or models/calibrated.pt")
+    parser.add_argument("--gradcam", action="store_true",
+                        help="write a Grad-CAM overlay of the predicted class per image (needs --out)")
+    parser.add_argument("--cam-method", default="gradcam", choices=sorted(METHODS))
+    parser.add_argument("--out", type=Path, help="folder for predictions.jsonl and gradcam/")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gradcam and args.out is None:
+        log.error("--gradcam writes overlay images: give an --out folder")
+        return 2
+    log.warning(NOT_FOR_CLINICAL_USE)
+    files, empty_dirs = collect_files(args.inputs)
+    try:
+        model, meta = load_checkpoint(args.checkpoint, default_device())
+    except (FileNotFoundError, CheckpointError) as exc:
+        log.error("%s", exc)
+        return 2
+    predictor = Predictor(model, meta, args.checkpoint, args.batch_size, args.workers)
+    records = itertools.chain(
+        ({"file": str(path), "error": reason} for path, reason in empty_dirs),
+        predictor.predict(files, args.out / "gradcam" if args.gradcam else None, args.cam_method))
+    failed = 0
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(_jsonl(args.out)) if args.out else None
+        for record in records:
+            failed += "error" in record
+            line = json.dumps(record)
+            print(line, flush=True)
+            if sink:
+                sink.write(line + "\n")
+    if failed:
+        log.error("%d input(s) could not be classified (see their error records)", failed)
+    return 1 if failed else 0
+
+
+class Predictor:
+    """A loaded checkpoint and its preprocessing, classifying files batch by batch."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict, checkpoint_path: Path,
+                 batch_size: int, workers: int = 1):
+        self.model, self.meta = model, meta
+        self.classes = list(meta["classes"])
+        self.transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+        self.batch_size, self.workers = batch_size, max(1, workers)
+        self.device = next(model.parameters()).device
+        self.identity = {"path": str(checkpoint_path), "backbone": meta["backbone"],
+                         "git_rev": meta["git_rev"], "split": meta["split"]}
+
+    def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
+        """(model input, letterboxed image), or the reason the file cannot be read."""
+        try:
+            boxed, *_ = letterbox(read_image(path), self.meta["cache_size"])
+        except ImageReadError as exc:
+            return exc.reason
+        return self.transform(image=boxed)["image"], boxed
+
+    def predict(self, files: Sequence[Path], cam_dir: Path | None = None,
+                cam_method: str = "gradcam") -> Iterator[dict]:
+        """One record per file, in order (decoding in threads, inference in batches)."""
+        if cam_dir is not None:
+            cam_dir.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(self.workers) as pool, \
+                tqdm(total=len(files), desc="predict", unit="img") as bar:
+            for start in range(0, len(files), self.batch_size):
+                chunk = files[start:start + self.batch_size]
+                loaded = list(pool.map(self.load, chunk))
+                yield from self._records(chunk, loaded, start, cam_dir, cam_method)
+                bar.update(len(chunk))
+
+    def _records(self, chunk, loaded, start, cam_dir, cam_method) -> list[dict]:
+        records = [{"file": str(p), "error": item} if isinstance(item, str) else None
+                   for p, item in zip(chunk, loaded)]
+        ok = [i for i, record in enumerate(records) if record is None]
+        if not ok:
+            return records
+        inputs = torch.stack([loaded[i][0] for i in ok])
+        logits = predict_logits(self.model, TensorDataset(inputs), self.batch_size, self.device)
+        preds = logits.argmax(axis=1)
+        cams = compute_cams(self.model, inputs, preds, cam_method) if cam_dir else None
+        for j, i in enumerate(ok):
+            records[i] = self._record(chunk[i], logits[j])
+            if cams is not None:
+                png = cam_dir / f"{start + i:05d}_{chunk[i].stem}.png"
+                Image.fromarray(overlay(loaded[i][1], cams[j])).save(png)
+                records[i]["gradcam"] = str(png)
+        return records
+
+    def _record(self, path: Path, logits: np.ndarray) -> dict:
+        probs = softmax(logits.astype(np.float64))
+        record = {"file": str(path), "pred": self.classes[int(np.argmax(logits))],
+                  "probs": dict(zip(self.classes, map(float, probs)))}
+        if self.meta.get("temperature") is not None:
+            calibrated = softmax(logits.astype(np.float64) / self.meta["temperature"])
+            record["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
+        record["checkpoint"] = self.identity
+        return record
+
+
+def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to classify, (path, reason) for folders without any image)."""
+    files, empty = [], []
+    for path in inputs:
+        if not path.is_dir():
+            files.append(path)   # a missing or odd file fails in read_image, with its reason
+            continue
+        found = sorted(p for p in path.rglob("*") if p.is_file())
+        images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped = [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if skipped:
+            log.warning("%s: %d file(s) without an image suffix skipped, e.g. %s", path,
+                        len(skipped), ", ".join(p.name for p in skipped[:3]))
+        if not images:
+            empty.append((path, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this "
+                                "folder"))
+        files += images
+    return files, empty
+
+
+def _jsonl(out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    return (out / "predictions.jsonl").open("w")

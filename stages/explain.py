@@ -1,0 +1,78 @@
+"""Explain stage: Grad-CAM localization and faithfulness on the test set, gallery, summary page."""
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from assurexray import cam, gallery, localization
+from assurexray.cache import ImageCache
+from assurexray.checkpoint import load_checkpoint
+from assurexray.datasets import CachedDataset
+from assurexray.evaluation import check_cache_size, default_device, read_predictions, write_json
+from assurexray.params import load_params
+from assurexray.schema import DatasetInfo
+from assurexray.transforms import eval_transform
+
+log = logging.getLogger("explain")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("params", "model", "cache", "predictions", "info", "metrics", "gallery",
+                 "summary"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    params = load_params(args.params)
+    ex = params.explain
+    model, meta = load_checkpoint(args.model, default_device())
+    cache = ImageCache(args.cache)
+    check_cache_size(meta, cache, args.cache)
+    preds = read_predictions(args.predictions)
+    if preds.classes != meta["classes"]:
+        raise SystemExit(f"{args.predictions}: classes {preds.classes} differ from the model's "
+                         f"{meta['classes']}; rerun the evaluate stage")
+    transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+
+    # Localization over every test image with a cached lesion annotation.
+    annotated = np.array([bool(cache.lesions(i)) for i in preds.image_ids])
+    ids, y_true, y_pred = (a[annotated] for a in (preds.image_ids, preds.y_true, preds.y_pred))
+    log.info("%d of %d test images have lesion annotations", len(ids), len(preds.image_ids))
+    if not len(ids):
+        raise SystemExit(f"{args.predictions}: no test image has a cached lesion annotation, so "
+                         "there is nothing to localize (does the data source provide boxes?)")
+    cams_true, cams_pred = cam.true_and_predicted_cams(model, cache, ids, y_true, y_pred,
+                                                       transform, ex.method, ex.batch_size)
+    lesions, content = localization.model_frame_annotations(cache, ids, meta["image_size"])
+    truth = ([meta["classes"][t] for t in y_true], list(y_true == y_pred), meta["classes"])
+    localization_metrics = {
+        target: localization.localization_summary(maps, lesions, content, ex.cam_threshold, *truth)
+        for target, maps in (("true_class", cams_true), ("predicted_class", cams_pred))}
+    sub = cam.road_subset(len(ids), ex.road_images, params.seed)
+    road = cam.road_scores(model, CachedDataset(cache, ids[sub], y_true[sub], transform),
+                           cams_true[sub], y_true[sub], ex.road_percentiles, ex.batch_size,
+                           params.seed)
+
+    cases = gallery.select_cases(preds, ex.per_class)
+    gallery.write_gallery(model, cache, transform, cases, meta["classes"], args.gallery,
+                          ex.method, ex.batch_size)
+    metrics = {"method": ex.method, "cam_threshold": ex.cam_threshold,
+               "n_test": len(preds.image_ids), "n_annotated": len(ids),
+               "localization": localization_metrics,
+               "faithfulness": {"road": cam.road_summary(road, ex.road_percentiles)},
+               "gallery": {"n_images": len(cases)}}
+    write_json(args.metrics, metrics)
+    synthetic = DatasetInfo.load(args.info).source == "synthetic"
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(gallery.summary_markdown(metrics, cases, args.gallery, args.summary,
+                                                     synthetic))
+    overall = localization_metrics["true_class"]["overall"]
+    log.info("true-class CAM on %d images: pointing game %.3f (chance %.3f), energy %.3f, "
+             "ROAD combined %.3f", overall["n"], overall["pointing_game"], overall["chance"],
+             overall["energy_pointing"], metrics["faithfulness"]["road"]["combined"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""`assurexray predict`: same numbers as evaluation, error records, DICOM, folders, Grad-CAM."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from scipy.special import softmax
+
+from assurexray.cache import ImageCache, build_cache
+from assurexray.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.cli import main
+from assurexray.datasets import CachedDataset
+from assurexray.evaluation import predict_logits
+from assurexray.models import build_model
+from assurexray.schema import INDEX_COLUMNS, QUALITY_COLUMNS
+from assurexray.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+CLASSES = ["Normal", "Benign", "Malignant"]
+CACHE_SIZE, IMAGE_SIZE = 64, 48
+
+
+def make_checkpoint(path: Path, **extra) -> Path:
+    torch.manual_seed(0)
+    model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
+    meta = {"backbone": "mobilenetv3_small_100", "classes": CLASSES, "image_size": IMAGE_SIZE,
+            "cache_size": CACHE_SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "dropout": 0.0, "params": {}, "split": "stratified", "epoch": 1,
+            "best_val_macro_auc": 0.5, **extra}
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def radiograph(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    img = rng.integers(0, 60, (h, w), dtype=np.uint8)
+    img[h // 4:3 * h // 4, w // 3:2 * w // 3] = rng.integers(150, 255)
+    return cv2.GaussianBlur(img, (5, 5), 0)
+
+
+def write_mono1_dicom(path: Path, pixels: np.ndarray) -> None:
+    """A MONOCHROME1 (white = low value) 12-bit DICOM of ``pixels``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = ((255 - pixels.astype(np.uint16)) * 16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(3)
+    files = {}
+    for name, (h, w) in {"wide.png": (70, 130), "tall.jpg": (150, 90), "small.png": (40, 30)}.items():
+        files[name] = root / name
+        cv2.imwrite(str(files[name]), radiograph(rng, h, w))
+    return files
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+def predict(capsys, *argv) -> tuple[int, list[dict]]:
+    code = main(["predict", *map(str, argv)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    return code, [json.loads(line) for line in lines]
+
+
+def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_path, capsys):
+    ids = sorted(images)
+    index = pd.DataFrame([{**dict.fromkeys(INDEX_COLUMNS, ""), "width": -1, "height": -1,
+                           "image_id": i, "file": str(images[i])} for i in ids],
+                         columns=INDEX_COLUMNS)
+    quality = pd.DataFrame({**dict.fromkeys(QUALITY_COLUMNS, ""), "image_id": ids,
+                            "usable": True, "annotation_usable": False}, columns=QUALITY_COLUMNS)
+    build_cache(index, quality, CACHE_SIZE, tmp_path / "cache")
+    model, meta = load_checkpoint(checkpoint)
+    dataset = CachedDataset(ImageCache(tmp_path / "cache"), ids, None,
+                            eval_transform(meta["image_size"], meta["mean"], meta["std"]))
+    expected = softmax(predict_logits(model, dataset, 2, "cpu").astype(np.float64), axis=1)
+
+    code, records = predict(capsys, *[images[i] for i in ids], "--checkpoint", checkpoint,
+                            "--batch-size", 2)
+    assert code == 0
+    assert [r["file"] for r in records] == [str(images[i]) for i in ids]
+    for record, probs in zip(records, expected):
+        np.testing.assert_allclose([record["probs"][c] for c in CLASSES], probs, atol=1e-5)
+        assert record["pred"] == CLASSES[int(np.argmax(probs))]
+        assert record["checkpoint"]["backbone"] == "mobilenetv3_small_100"
+        assert record["checkpoint"]["split"] == "stratified" and record["checkpoint"]["git_rev"]
+        assert "calibrated_probs" not in record
+
+
+def test_bad_files_get_error_records_and_dicom_is_read(images, checkpoint, tmp_path, capsys):
+    pixels = cv2.imread(str(images["tall.jpg"]), cv2.IMREAD_GRAYSCALE)
+    pixels = cv2.normalize(pixels, None, 0, 255, cv2.NORM_MINMAX)   # full range: exact round trip
+    cv2.imwrite(str(tmp_path / "same.png"), pixels)
+    write_mono1_dicom(tmp_path / "scan.dcm", pixels)
+    data = images["tall.jpg"].read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[:len(data) // 2])
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    files = [tmp_path / n for n in ("truncated.jpg", "scan.dcm", "notes.txt", "same.png")]
+
+    code, records = predict(capsys, *files, "--checkpoint", checkpoint, "--out", tmp_path / "out")
+    assert code == 1
+    assert [r["file"] for r in records] == [str(f) for f in files]
+    bad = {Path(r["file"]).name: r["error"] for r in records if "error" in r}
+    assert set(bad) == {"truncated.jpg", "notes.txt"} and all(bad.values())
+    dicom, png = records[1], records[3]
+    assert "error" not in dicom and sum(dicom["probs"].values()) == pytest.approx(1.0)
+    # MONOCHROME1 is inverted on reading: the DICOM classifies like its PNG twin
+    np.testing.assert_allclose(list(dicom["probs"].values()), list(png["probs"].values()),
+                               atol=1e-5)
+    written = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in written] == records
+
+
+def test_folders_are_walked_in_sorted_order(images, checkpoint, tmp_path, capsys, caplog):
+    (tmp_path / "b" / "deep").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    targets = [tmp_path / "a" / "2.PNG", tmp_path / "b" / "1.png", tmp_path / "b" / "deep" / "0.png"]
+    for t in targets:
+        t.write_bytes(images["small.png"].read_bytes())
+    (tmp_path / "b" / "README.md").write_text("notes")
+    (tmp_path / "empty").mkdir()
+    code, records = predict(capsys, tmp_path / "a", tmp_path / "b", tmp_path / "empty",
+                            "--checkpoint", checkpoint)
+    assert code == 1                                   # the empty folder is an error
+    assert records[0] == {"file": str(tmp_path / "empty"), "error": records[0]["error"]}
+    assert [r["file"] for r in records[1:]] == [str(t) for t in targets]
+    assert "README.md" in caplog.text                  # skipped, but said so
+
+
+def test_calibrated_probabilities_and_gradcam_overlay(images, tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0)
+    code, (record,) = predict(capsys, images["wide.png"], "--checkpoint", ckpt, "--gradcam",
+                              "--out", tmp_path / "out")
+    assert code == 0
+    probs = np.array([record["probs"][c] for c in CLASSES])
+    calibrated = np.array([record["calibrated_probs"][c] for c in CLASSES])
+    np.testing.assert_allclose(calibrated, softmax(np.log(probs) / 2.0), atol=1e-9)
+    overlay = cv2.imread(record["gradcam"])
+    assert overlay.shape == (CACHE_SIZE, CACHE_SIZE, 3)
+    assert Path(record["gradcam"]).parent == tmp_path / "out" / "gradcam"
+
+
+def test_gradcam_needs_an_output_folder(images, checkpoint, capsys):
+    assert main(["predict", str(images["wide.png"]), "--checkpoint", str(checkpoint),
+                 "--gradcam"]) == 2
