@@ -11,9 +11,9 @@ import yaml
 from assurexray import btxrd
 from assurexray.audit import run_audit
 from assurexray.params import AuditParams
-from assurexray.schema import INDEX_COLUMNS, DatasetInfo, write_index
+from assurexray.schema import INDEX_COLUMNS, DatasetInfo, read_quality, write_index
 from assurexray.splits import (
-    SplitError, assign_groups, make_split, read_quality, split_metrics, write_split)
+    SplitError, assign_groups, make_split, split_metrics, write_split)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -142,7 +142,7 @@ def test_source_group_column_replaces_runs():
 
 def test_index_and_quality_must_list_the_same_images():
     index = index_of([{"image_id": "a"}, {"image_id": "b"}])
-    with pytest.raises(SplitError, match="only in the index"):
+    with pytest.raises(ValueError, match="only in the index"):
         assign_groups(index, quality_of(index.iloc[:1]))
 
 
@@ -154,7 +154,7 @@ def test_read_quality_parses_usable(tmp_path):
     assert quality["usable"].tolist() == [True, False]
     assert quality["annotation_usable"].tolist() == [True, False]
     path.write_text(path.read_text().replace("False", "maybe"))
-    with pytest.raises(SplitError, match="maybe"):
+    with pytest.raises(ValueError, match="maybe"):
         read_quality(path)
 
 

@@ -72,7 +72,7 @@ class SplitOptions:
 @dataclass(frozen=True)
 class PreprocessParams:
     cache_size: int = 256
-    workers: int = 1
+    workers: int = 2
 
 
 @dataclass(frozen=True)

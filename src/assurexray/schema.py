@@ -66,5 +66,46 @@ def read_index(path: str | Path) -> pd.DataFrame:
     return df[INDEX_COLUMNS]
 
 
+# Quality columns holding True/False.
+BOOL_COLUMNS = ["usable", "annotation_usable"]
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def read_quality(path: str | Path) -> pd.DataFrame:
+    """Read the audit's quality table: text columns as strings, the flag columns as bool."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in QUALITY_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: quality table lacks columns {missing}; rerun the audit stage")
+    for column in BOOL_COLUMNS:
+        flags = df[column].str.lower().map(_BOOLS)
+        if flags.isna().any():
+            bad = df.loc[flags.isna(), column].unique().tolist()
+            raise ValueError(f"{path}: '{column}' must be True/False, found {bad}")
+        df[column] = flags.astype(bool)
+    return df
+
+
+def usable_index(index: pd.DataFrame, quality: pd.DataFrame) -> pd.DataFrame:
+    """Index rows the audit kept, by image_id; index and quality must list the same ids."""
+    check_aligned(index, quality)
+    keep = set(quality.loc[quality["usable"].astype(bool), "image_id"])
+    return index[index["image_id"].isin(keep)].sort_values("image_id").reset_index(drop=True)
+
+
+def check_aligned(index: pd.DataFrame, quality: pd.DataFrame) -> None:
+    for name, df in (("index", index), ("quality table", quality)):
+        dup = df["image_id"][df["image_id"].duplicated()]
+        if len(dup):
+            raise ValueError(f"{name} repeats image ids {dup.head(5).tolist()}")
+    only_index = sorted(set(index["image_id"]) - set(quality["image_id"]))
+    only_quality = sorted(set(quality["image_id"]) - set(index["image_id"]))
+    if only_index or only_quality:
+        raise ValueError(
+            f"index and quality table disagree: {len(only_index)} ids only in the index "
+            f"{only_index[:5]}, {len(only_quality)} only in the quality table {only_quality[:5]}; "
+            "rerun the audit stage")
+
+
 def write_index(df: pd.DataFrame, path: str | Path) -> None:
     df[INDEX_COLUMNS].to_csv(path, index=False)
