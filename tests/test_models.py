@@ -35,6 +35,16 @@ def test_logits_and_spatial_cam_layer(backbone, batch):
     assert act.ndim == 4 and act.shape[0] == 2 and act.shape[-2:] == (2, 2)
 
 
+def test_new_head_starts_near_uniform():
+    """timm's own EfficientNet head gives train-mode logits of several units here."""
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 64, 64)
+    model = build_model("efficientnet_b0", num_classes=3).train()
+    with torch.no_grad():
+        assert model(images).abs().max() < 1.0
+    assert model.classifier.bias.abs().sum() == 0
+
+
 def test_unsupported_and_unknown_backbones():
     with pytest.raises(ValueError, match="no Grad-CAM target layer"):
         cam_target_layer(nn.Sequential(nn.Conv2d(3, 4, 3)))

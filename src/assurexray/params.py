@@ -85,13 +85,13 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    image_size: int = 160
-    batch_size: int = 32
-    epochs: int = 12
+    image_size: int = 128
+    batch_size: int = 16
+    epochs: int = 15
     lr: float = 0.002
-    weight_decay: float = 0.0001
+    weight_decay: float = 0.01
     warmup_epochs: int = 1
-    patience: int = 4
+    patience: int = 6
     loss: Literal["weighted_ce", "ce", "focal"] = "weighted_ce"
     focal_gamma: float = 2.0
     clahe: bool = False
