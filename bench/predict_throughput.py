@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from assurexray.checkpoint import load_checkpoint, save_checkpoint
-from assurexray.evaluation import default_device
+from assurexray.models import default_device
 from assurexray.models import build_model
 from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor

@@ -25,7 +25,8 @@ from assurexray.datasets import CachedDataset, make_loader, seed_epoch
 from assurexray.losses import build_loss
 from assurexray.models import build_model
 from assurexray.params import load_params
-from assurexray.training import Loop, pick_device, seed_everything, warmup_cosine
+from assurexray.models import default_device
+from assurexray.training import Loop, seed_everything, warmup_cosine
 from assurexray.transforms import train_transform
 
 
@@ -74,7 +75,7 @@ def main() -> None:
         labels = np.arange(len(ids)) % 3
         dataset = CachedDataset(cache, ids, labels, train_transform(tp, tp.image_size))
         loader = make_loader(dataset, tp.batch_size, True, tp.num_workers, params.seed, True)
-        device = pick_device()
+        device = default_device()
         model = build_model(params.model.backbone, 3, dropout=params.model.dropout).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr)
         loop = Loop(model, build_loss("ce", [1, 1, 1]).to(device), optimizer,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from assurexray.calibration import plot_reliability, reliability_rows, temperature_scaling_report
 from assurexray.checkpoint import load_checkpoint, save_checkpoint
-from assurexray.evaluation import read_predictions, write_json
+from assurexray.predictions import read_predictions, write_json
 from assurexray.params import load_params
 
 log = logging.getLogger("calibrate")

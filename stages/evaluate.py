@@ -6,8 +6,10 @@ from pathlib import Path
 from assurexray.cache import ImageCache
 from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import read_split
-from assurexray.evaluation import (check_cache_size, default_device, evaluation_metrics,
-                                   predict_images, write_json, write_plots)
+from assurexray.evaluation import (check_cache_size, evaluation_metrics, predict_images,
+                                   write_plots)
+from assurexray.models import default_device
+from assurexray.predictions import write_json
 from assurexray.params import load_params
 from assurexray.transforms import eval_transform
 

@@ -9,7 +9,9 @@ from assurexray import cam, gallery, localization
 from assurexray.cache import ImageCache
 from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import CachedDataset
-from assurexray.evaluation import check_cache_size, default_device, read_predictions, write_json
+from assurexray.evaluation import check_cache_size
+from assurexray.models import default_device
+from assurexray.predictions import read_predictions, write_json
 from assurexray.params import load_params
 from assurexray.schema import DatasetInfo
 from assurexray.transforms import eval_transform

@@ -6,7 +6,9 @@ from pathlib import Path
 from assurexray.cache import ImageCache
 from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import read_split
-from assurexray.evaluation import check_cache_size, default_device, write_json
+from assurexray.evaluation import check_cache_size
+from assurexray.models import default_device
+from assurexray.predictions import write_json
 from assurexray.params import load_params
 from assurexray.robustness import drop_rows, evaluate_robustness, plot_robustness
 from assurexray.transforms import eval_transform

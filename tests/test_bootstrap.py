@@ -9,7 +9,9 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 
 from assurexray.bootstrap import (
     Predictions, bootstrap_metrics, bootstrap_weights, group_strata, read_groups,
-    read_predictions, resample_counts, summarize, weighted_auc, weighted_metrics)
+    read_predictions, resample_counts, summarize, weighted_metrics)
+from assurexray.metrics import weighted_auc
+from assurexray.predictions import SplitPredictions
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 
@@ -169,25 +171,20 @@ def test_thousand_iterations_on_500_images_take_seconds():
     assert time.perf_counter() - start < 5.0
 
 
-def test_read_predictions_accepts_names_and_indices_and_names_bad_file(tmp_path):
+def test_read_predictions_attaches_groups_and_names_bad_file(tmp_path):
     groups_csv = tmp_path / "groups.csv"
     pd.DataFrame({"image_id": ["a", "b"], "group": ["g1", "g1"]}).to_csv(groups_csv, index=False)
     groups = read_groups(groups_csv)
     path = tmp_path / "test.csv"
-    frame = pd.DataFrame({"image_id": ["a", "b"], "true": ["Malignant", "0"], "pred": ["1", "Normal"],
-                          "prob_Normal": [0.2, 0.7], "prob_Benign": [0.5, 0.2],
-                          "prob_Malignant": [0.3, 0.1]})
-    frame.to_csv(path, index=False)
+    logits = np.log([[0.2, 0.5, 0.3], [0.7, 0.2, 0.1]])
+    table = SplitPredictions(np.array(["a", "b"]), CLASSES, np.array([2, 0]), logits)
+    table.to_frame().to_csv(path, index=False)
     p = read_predictions(path, CLASSES, groups)
     assert p.y_true.tolist() == [2, 0] and p.y_pred.tolist() == [1, 0]
+    assert p.probs == pytest.approx(np.exp(logits))
     assert p.groups.tolist() == ["g1", "g1"]
-    frame.assign(true=["Malignant", "Tumour"]).to_csv(path, index=False)
-    with pytest.raises(ValueError, match="test.csv.*'Tumour'"):
-        read_predictions(path, CLASSES, groups)
-    frame.assign(image_id=["a", "zz"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="test.csv.*differ"):
+        read_predictions(path, ["Normal", "Tumour"], groups)
+    table.to_frame().assign(image_id=["a", "zz"]).to_csv(path, index=False)
     with pytest.raises(ValueError, match="test.csv.*no patient group"):
         read_predictions(path, CLASSES, groups)
-    frame.drop(columns="prob_Benign").to_csv(path, index=False)
-    with pytest.raises(ValueError, match="prob_Benign"):
-        read_predictions(path, CLASSES, groups)
-

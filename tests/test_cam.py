@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from assurexray import NOT_FOR_CLINICAL_USE, cam, gallery, localization
-from assurexray.evaluation import SplitPredictions
+from assurexray.predictions import SplitPredictions
 from assurexray.models import build_model
 from assurexray.transforms import eval_transform
 

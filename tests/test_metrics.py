@@ -9,8 +9,8 @@ from sklearn import metrics as skm
 from torch.utils.data import DataLoader, TensorDataset
 
 from assurexray.evaluation import (
-    SplitPredictions, check_cache_size, confusion_rows, curve_rows, evaluation_metrics,
-    predict_logits, read_predictions, write_plots)
+    check_cache_size, confusion_rows, curve_rows, evaluation_metrics, predict_logits, write_plots)
+from assurexray.predictions import SplitPredictions, read_predictions
 from assurexray.metrics import (
     binary_rates, classification_metrics, confusion_matrix, json_safe, ovr_auc, per_class_metrics)
 

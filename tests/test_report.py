@@ -15,7 +15,8 @@ from assurexray.bootstrap import METHOD, Predictions, bootstrap_metrics
 from assurexray.calibration import temperature_scaling_report
 from assurexray.cam import road_summary
 from assurexray.checkpoint import save_checkpoint
-from assurexray.evaluation import SplitPredictions, evaluation_metrics
+from assurexray.evaluation import evaluation_metrics
+from assurexray.predictions import SplitPredictions
 from assurexray.localization import grouped_summary, score_cam
 from assurexray.metrics import json_safe
 from assurexray.models import build_model

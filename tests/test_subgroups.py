@@ -173,4 +173,4 @@ def test_analyze_stage_writes_stable_keys(tmp_path):
     (tmp_path / "data/dataset.json").write_text(json.dumps(
         {"source": "x", "classes": ["Normal", "Tumour"], "root": "data/raw"}))
     proc = run_stage(tmp_path)
-    assert proc.returncode != 0 and "prob_Tumour" in proc.stderr and "val.csv" in proc.stderr
+    assert proc.returncode != 0 and "Tumour" in proc.stderr and "val.csv" in proc.stderr

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from assurexray.metrics import ratio, weighted_auc
+from assurexray.predictions import read_predictions as read_prediction_table
+
 METHOD = "grouped stratified percentile bootstrap"
 
 
@@ -55,37 +58,18 @@ def _check_unique_ids(df: pd.DataFrame, path) -> None:
 
 
 def read_predictions(path: str | Path, classes: list[str], groups: pd.Series) -> Predictions:
-    """Read a predictions CSV (image_id, true, pred, prob_<class>...) and attach patient groups.
-
-    ``true``/``pred`` may hold class names or class indices; anything else is an error.
-    """
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    prob_cols = [f"prob_{c}" for c in classes]
-    missing = [c for c in ["image_id", "true", "pred", *prob_cols] if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: lacks columns {missing} (classes from dataset.json: {classes})")
-    if df.empty:
+    """Read a predictions CSV (the one reader in ``predictions``) and attach patient groups."""
+    table = read_prediction_table(path)
+    if table.classes != list(classes):
+        raise ValueError(f"{path}: classes {table.classes} differ from dataset.json {classes}")
+    if not len(table.image_ids):
         raise ValueError(f"{path}: no predictions")
-    _check_unique_ids(df, path)
-    probs = df[prob_cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    if not np.isfinite(probs).all():
-        raise ValueError(f"{path}: non-numeric or missing probabilities")
-    unknown = ~df["image_id"].isin(groups.index)
+    unknown = ~pd.Series(table.image_ids).isin(groups.index)
     if unknown.any():
         raise ValueError(f"{path}: {unknown.sum()} image(s) have no patient group in groups.csv, "
-                         f"e.g. {df['image_id'][unknown].iloc[0]!r}")
-    return Predictions(df["image_id"].to_numpy(), _class_indices(df["true"], classes, path, "true"),
-                       _class_indices(df["pred"], classes, path, "pred"), probs,
-                       groups.loc[df["image_id"]].to_numpy())
-
-
-def _class_indices(values: pd.Series, classes: list[str], path, column: str) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)} | {str(i): i for i in range(len(classes))}
-    bad = ~values.isin(lookup)
-    if bad.any():
-        raise ValueError(f"{path}: column {column!r} has {values[bad].iloc[0]!r}, "
-                         f"neither a class of {classes} nor a class index")
-    return values.map(lookup).to_numpy(int)
+                         f"e.g. {table.image_ids[unknown.to_numpy()][0]!r}")
+    return Predictions(table.image_ids, table.y_true, table.y_pred, table.probs(),
+                       groups.loc[table.image_ids].to_numpy())
 
 
 def group_strata(groups: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,32 +99,6 @@ def bootstrap_weights(groups: np.ndarray, y_true: np.ndarray, n_iter: int, seed:
     position, strata = group_strata(groups, y_true)
     counts = resample_counts(strata, n_iter, seed)
     return np.vstack([np.ones(len(y_true)), counts[:, position]])
-
-
-def weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted ROC AUC for each row of ``weights`` ((B, n) or (n,)); ties count one half.
-
-    Equals sklearn's roc_auc_score(positive, scores, sample_weight=row); NaN where a row has
-    no positive or no negative weight.
-    """
-    weights = np.atleast_2d(weights).astype(float)
-    positive = np.asarray(positive, bool)
-    order = np.argsort(scores, kind="stable")
-    sorted_scores, sorted_pos, w = scores[order], positive[order], weights[:, order]
-    # Negative weight at or below each position, with a leading zero column.
-    neg_cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w * ~sorted_pos, axis=1)], axis=1)
-    _, start, size = np.unique(sorted_scores, return_index=True, return_counts=True)
-    first = np.repeat(start, size)[sorted_pos]          # first index of each positive's tie block
-    last = first + np.repeat(size, size)[sorted_pos]    # one past its last index
-    below = neg_cum[:, first]
-    tied = neg_cum[:, last] - below
-    pos_w = w[:, sorted_pos]
-    return ratio((pos_w * (below + 0.5 * tied)).sum(axis=1), pos_w.sum(axis=1) * neg_cum[:, -1])
-
-
-def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den, NaN where den is 0 (a rate without a denominator is undefined)."""
-    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
 def weighted_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,

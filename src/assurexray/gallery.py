@@ -21,7 +21,7 @@ from matplotlib.patches import Polygon, Rectangle
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.cam import cams_for_dataset, overlay
 from assurexray.datasets import CachedDataset
-from assurexray.evaluation import SplitPredictions
+from assurexray.predictions import SplitPredictions
 
 log = logging.getLogger(__name__)
 

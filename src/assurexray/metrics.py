@@ -39,10 +39,32 @@ def binary_counts(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, n
     }
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 (a rate without a denominator is undefined)."""
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)[()]
+
+
+def weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted ROC AUC for each row of ``weights`` ((B, n) or (n,)); ties count one half.
+
+    Equals sklearn's roc_auc_score(positive, scores, sample_weight=row); NaN where a row has
+    no positive or no negative weight.
+    """
+    weights = np.atleast_2d(weights).astype(float)
+    positive = np.asarray(positive, bool)
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, sorted_pos, w = scores[order], positive[order], weights[:, order]
+    # Negative weight at or below each position, with a leading zero column.
+    neg_cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w * ~sorted_pos, axis=1)], axis=1)
+    _, start, size = np.unique(sorted_scores, return_index=True, return_counts=True)
+    first = np.repeat(start, size)[sorted_pos]          # first index of each positive's tie block
+    last = first + np.repeat(size, size)[sorted_pos]    # one past its last index
+    below = neg_cum[:, first]
+    tied = neg_cum[:, last] - below
+    pos_w = w[:, sorted_pos]
+    return ratio((pos_w * (below + 0.5 * tied)).sum(axis=1), pos_w.sum(axis=1) * neg_cum[:, -1])
 
 
 def binary_rates(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,11 +72,11 @@ def binary_rates(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, np
     c = binary_counts(y_true_bin, y_pred_bin)
     tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
     return {
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
     }
 
 
@@ -110,7 +132,7 @@ def classification_metrics(y_true, probs, classes) -> dict:
         "balanced_accuracy": _nanmean(pc["sensitivity"]),
         "macro_auc": _nanmean(pc["auc"]),
         "macro_f1": _nanmean(pc["f1"]),
-        "weighted_f1": float(_ratio(np.nansum(pc["f1"] * support), support.sum())),
+        "weighted_f1": float(ratio(np.nansum(pc["f1"] * support), support.sum())),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "notes": notes,

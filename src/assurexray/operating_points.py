@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from assurexray.bootstrap import Predictions, bootstrap_weights, ratio, summarize
+from assurexray.bootstrap import Predictions, bootstrap_weights, summarize
+from assurexray.metrics import ratio
 
 log = logging.getLogger(__name__)
 

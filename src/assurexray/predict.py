@@ -34,8 +34,9 @@ from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.cache import letterbox
 from assurexray.cam import METHODS, compute_cams, overlay
 from assurexray.checkpoint import CheckpointError, load_checkpoint
-from assurexray.evaluation import default_device, predict_logits
+from assurexray.evaluation import predict_logits
 from assurexray.imageio import ImageReadError, read_image
+from assurexray.models import default_device
 from assurexray.transforms import eval_transform
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from assurexray.evaluation import SplitPredictions, predict_images
+from assurexray.evaluation import predict_images
+from assurexray.predictions import SplitPredictions
 from assurexray.metrics import classification_metrics
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from assurexray.checkpoint import atomic_save
 from assurexray.datasets import CachedDataset, make_loader, seed_epoch
 from assurexray.losses import build_loss
 from assurexray.metrics import classification_metrics
-from assurexray.models import build_model
+from assurexray.models import build_model, default_device
 from assurexray.params import Params, TrainParams, to_dict
 from assurexray.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
@@ -68,7 +68,7 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     if len(train.image_ids) < 2 or tp.epochs < 1:
         raise ValueError("training needs at least 2 training images and train.epochs >= 1")
     seed_everything(params.seed, tp.deterministic)
-    device = pick_device()
+    device = default_device()
     train_set = CachedDataset(cache, train.image_ids, train.labels,
                               train_transform(tp, tp.image_size, IMAGENET_MEAN, IMAGENET_STD))
     val_set = CachedDataset(cache, val.image_ids, val.labels,
@@ -260,10 +260,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def rng_state() -> dict:
