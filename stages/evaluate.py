@@ -3,15 +3,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from assurexray.cache import ImageCache
-from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import read_split
-from assurexray.evaluation import (check_cache_size, evaluation_metrics, predict_images,
+from assurexray.evaluation import (evaluation_metrics, load_for_inference, predict_images,
                                    write_plots)
-from assurexray.models import default_device
 from assurexray.predictions import write_json
 from assurexray.params import load_params
-from assurexray.transforms import eval_transform
 
 log = logging.getLogger("evaluate")
 
@@ -26,11 +22,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
-    device = default_device()
-    model, meta = load_checkpoint(args.model, device)
-    cache = ImageCache(args.cache)
-    check_cache_size(meta, cache, args.cache)
-    transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+    model, meta, cache, transform, device = load_for_inference(args.model, args.cache)
     args.predictions.mkdir(parents=True, exist_ok=True)
     partitions = {}
     for name in PARTITIONS:

@@ -6,15 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from assurexray import cam, gallery, localization
-from assurexray.cache import ImageCache
-from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import CachedDataset
-from assurexray.evaluation import check_cache_size
-from assurexray.models import default_device
+from assurexray.evaluation import load_for_inference
 from assurexray.predictions import read_predictions, write_json
 from assurexray.params import load_params
 from assurexray.schema import DatasetInfo
-from assurexray.transforms import eval_transform
 
 log = logging.getLogger("explain")
 
@@ -29,14 +25,11 @@ def main() -> None:
 
     params = load_params(args.params)
     ex = params.explain
-    model, meta = load_checkpoint(args.model, default_device())
-    cache = ImageCache(args.cache)
-    check_cache_size(meta, cache, args.cache)
+    model, meta, cache, transform, _ = load_for_inference(args.model, args.cache)
     preds = read_predictions(args.predictions)
     if preds.classes != meta["classes"]:
         raise SystemExit(f"{args.predictions}: classes {preds.classes} differ from the model's "
                          f"{meta['classes']}; rerun the evaluate stage")
-    transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
 
     # Localization over every test image with a cached lesion annotation.
     annotated = np.array([bool(cache.lesions(i)) for i in preds.image_ids])

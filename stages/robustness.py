@@ -3,15 +3,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from assurexray.cache import ImageCache
-from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import read_split
-from assurexray.evaluation import check_cache_size
-from assurexray.models import default_device
+from assurexray.evaluation import load_for_inference
 from assurexray.predictions import write_json
 from assurexray.params import load_params
 from assurexray.robustness import drop_rows, evaluate_robustness, plot_robustness
-from assurexray.transforms import eval_transform
 
 log = logging.getLogger("robustness")
 
@@ -24,12 +20,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
-    device = default_device()
-    model, meta = load_checkpoint(args.model, device)
-    cache = ImageCache(args.cache)
-    check_cache_size(meta, cache, args.cache)
+    model, meta, cache, transform, device = load_for_inference(args.model, args.cache)
     ids, labels = read_split(args.splits / "test.csv", meta["classes"])
-    transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
     report = evaluate_robustness(model, cache, ids, labels, meta["classes"], transform,
                                  params.robustness.severities, params.evaluate.batch_size,
                                  device, params.seed)

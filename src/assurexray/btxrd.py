@@ -175,7 +175,7 @@ def _pair_shapes(path: Path, rects: list, polys: list) -> list[Lesion]:
     rows, cols = linear_sum_assignment(score, maximize=True)
     lesions = []
     for r, c in zip(rows, cols):
-        (ri, label, _), (pi, _, poly) = rects[r], polys[c]
+        (ri, label, _), (_, _, poly) = rects[r], polys[c]
         if score[r, c] <= 0:
             raise AnnotationError(
                 f"{path}: rectangle (shape {ri}, {label!r}) overlaps no polygon with the same label")

@@ -16,9 +16,13 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from assurexray.cache import ImageCache
+from assurexray.checkpoint import load_checkpoint
 from assurexray.datasets import CachedDataset
 from assurexray.metrics import classification_metrics
+from assurexray.models import default_device
 from assurexray.predictions import SplitPredictions, write_json
+from assurexray.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,16 @@ def check_cache_size(meta: dict, cache, cache_dir) -> None:
     if cache.size != meta["cache_size"]:
         raise ValueError(f"{cache_dir}: cache images are {cache.size} px but the model was trained "
                          f"on a {meta['cache_size']} px cache; rerun the train stage")
+
+
+def load_for_inference(model_path: str | Path, cache_dir: str | Path):
+    """(model, meta, cache, eval transform, device): a checkpoint ready to score its cache,
+    with the preprocessing read from the checkpoint, never re-typed."""
+    device = default_device()
+    model, meta = load_checkpoint(model_path, device)
+    cache = ImageCache(cache_dir)
+    check_cache_size(meta, cache, cache_dir)
+    return model, meta, cache, eval_transform(meta["image_size"], meta["mean"], meta["std"]), device
 
 
 def predict_images(model: torch.nn.Module, cache, image_ids, labels: np.ndarray,
