@@ -72,11 +72,13 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def provenance() -> dict:
-    """git revision (or 'unknown'), whether tracked files differ from it, and the time."""
+    """git revision (or 'unknown'), whether the code or params differ from it, and the time."""
     rev, dirty = "unknown", None
     try:
         rev = _git("rev-parse", "HEAD")
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        # Only code and params count: `dvc repro` itself rewrites dvc.lock and the outputs.
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                          "src", "stages", "params.yaml", "dvc.yaml"))
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (e.g. an exported tree): provenance stays 'unknown'
     return {"git_rev": rev, "git_dirty": dirty,
