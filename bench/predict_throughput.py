@@ -20,12 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from assurexray.checkpoint import load_checkpoint, save_checkpoint
-from assurexray.models import default_device
-from assurexray.models import build_model
+from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor
-from assurexray.transforms import IMAGENET_MEAN, IMAGENET_STD
+from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.models import build_model, default_device
 
 
 def main() -> None:

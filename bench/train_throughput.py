@@ -20,14 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from assurexray.cache import ImageCache, letterbox
-from assurexray.datasets import CachedDataset, make_loader, seed_epoch
-from assurexray.losses import build_loss
-from assurexray.models import build_model
+from assurexray.data.cache import ImageCache, letterbox
+from assurexray.data.datasets import CachedDataset, make_loader, seed_epoch
+from assurexray.data.transforms import train_transform
 from assurexray.params import load_params
-from assurexray.models import default_device
-from assurexray.training import Loop, seed_everything, warmup_cosine
-from assurexray.transforms import train_transform
+from assurexray.training.loop import Loop, seed_everything, warmup_cosine
+from assurexray.training.losses import build_loss
+from assurexray.training.models import build_model, default_device
 
 
 def random_cache(root: Path, n: int, size: int) -> Path:

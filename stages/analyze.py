@@ -6,12 +6,18 @@ import json
 import logging
 from pathlib import Path
 
-from assurexray.bootstrap import METHOD, bootstrap_metrics, read_groups, read_predictions
-from assurexray.operating_points import operating_points
+from assurexray.console import run_main
+from assurexray.data.schema import DatasetInfo, read_index
+from assurexray.evaluation.bootstrap import METHOD, bootstrap_metrics, read_groups, read_predictions
+from assurexray.evaluation.operating_points import operating_points
+from assurexray.evaluation.subgroups import (
+    forest_plot,
+    plot_records,
+    subgroup_factors,
+    subgroup_table,
+    summarize_subgroups,
+)
 from assurexray.params import load_params
-from assurexray.schema import DatasetInfo, read_index
-from assurexray.subgroups import (
-    forest_plot, plot_records, subgroup_factors, subgroup_table, summarize_subgroups)
 
 log = logging.getLogger("analyze")
 
@@ -22,7 +28,6 @@ def main() -> None:
                  "plots"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     a, seed = params.analysis, params.seed
@@ -59,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

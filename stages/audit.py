@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from assurexray.audit import render_report, run_audit, write_plots
+from assurexray.console import run_main
+from assurexray.data.audit import render_report, run_audit, write_plots
+from assurexray.data.schema import DatasetInfo, read_index
 from assurexray.params import load_params
-from assurexray.schema import DatasetInfo, read_index
 
 log = logging.getLogger("audit")
 
@@ -18,7 +19,6 @@ def main() -> None:
     for name in ("params", "index", "notes", "info", "quality", "report", "metrics", "plots"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     notes = pd.read_csv(args.notes, dtype=str, keep_default_na=False)
     result = run_audit(read_index(args.index), notes, DatasetInfo.load(args.info),
@@ -36,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

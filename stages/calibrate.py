@@ -3,10 +3,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from assurexray.calibration import plot_reliability, reliability_rows, temperature_scaling_report
-from assurexray.checkpoint import load_checkpoint, save_checkpoint
-from assurexray.predictions import read_predictions, write_json
+from assurexray.console import run_main
+from assurexray.evaluation.calibration import plot_reliability, reliability_rows, temperature_scaling_report
+from assurexray.evaluation.predictions import read_predictions, write_json
 from assurexray.params import load_params
+from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("calibrate")
 
@@ -16,7 +17,6 @@ def main() -> None:
     for name in ("params", "model", "predictions", "out_model", "metrics", "plots"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     n_bins = load_params(args.params).analysis.calibration_bins
     model, meta = load_checkpoint(args.model, "cpu")
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,10 +3,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from assurexray.datasets import read_split
-from assurexray.evaluation import (evaluation_metrics, load_for_inference, predict_images,
-                                   write_plots)
-from assurexray.predictions import write_json
+from assurexray.console import run_main
+from assurexray.data.datasets import read_split
+from assurexray.evaluation.curves import evaluation_metrics, write_plots
+from assurexray.evaluation.predictions import write_json
+from assurexray.inference.runner import load_for_inference, predict_images
 from assurexray.params import load_params
 
 log = logging.getLogger("evaluate")
@@ -19,7 +20,6 @@ def main() -> None:
     for name in ("params", "model", "cache", "splits", "predictions", "metrics", "plots"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     model, meta, cache, transform, device = load_for_inference(args.model, args.cache)
@@ -40,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

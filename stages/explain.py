@@ -5,12 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
-from assurexray import cam, gallery, localization
-from assurexray.datasets import CachedDataset
-from assurexray.evaluation import load_for_inference
-from assurexray.predictions import read_predictions, write_json
+from assurexray.console import run_main
+from assurexray.data.datasets import CachedDataset
+from assurexray.data.schema import DatasetInfo
+from assurexray.errors import AssureXRayError
+from assurexray.evaluation.predictions import read_predictions, write_json
+from assurexray.explain import cam, gallery, localization
+from assurexray.inference.runner import load_for_inference
 from assurexray.params import load_params
-from assurexray.schema import DatasetInfo
 
 log = logging.getLogger("explain")
 
@@ -21,23 +23,22 @@ def main() -> None:
                  "summary"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     ex = params.explain
     model, meta, cache, transform, _ = load_for_inference(args.model, args.cache)
     preds = read_predictions(args.predictions)
     if preds.classes != meta["classes"]:
-        raise SystemExit(f"{args.predictions}: classes {preds.classes} differ from the model's "
-                         f"{meta['classes']}; rerun the evaluate stage")
+        raise AssureXRayError(f"{args.predictions}: classes {preds.classes} differ from the model's "
+                               f"{meta['classes']}; rerun the evaluate stage")
 
     # Localization over every test image with a cached lesion annotation.
     annotated = np.array([bool(cache.lesions(i)) for i in preds.image_ids])
     ids, y_true, y_pred = (a[annotated] for a in (preds.image_ids, preds.y_true, preds.y_pred))
     log.info("%d of %d test images have lesion annotations", len(ids), len(preds.image_ids))
     if not len(ids):
-        raise SystemExit(f"{args.predictions}: no test image has a cached lesion annotation, so "
-                         "there is nothing to localize (does the data source provide boxes?)")
+        raise AssureXRayError(f"{args.predictions}: no test image has a cached lesion annotation, so "
+                               "there is nothing to localize (does the data source provide boxes?)")
     cams_true, cams_pred = cam.true_and_predicted_cams(model, cache, ids, y_true, y_pred,
                                                        transform, ex.method, ex.batch_size)
     lesions, content = localization.model_frame_annotations(cache, ids, meta["image_size"])
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,9 +3,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from assurexray.console import run_main
+from assurexray.data.schema import write_index
+from assurexray.data.sources import prepare_source
 from assurexray.params import load_params
-from assurexray.schema import write_index
-from assurexray.sources import prepare_source
 
 log = logging.getLogger("prepare")
 
@@ -15,7 +16,6 @@ def main() -> None:
     for name in ("params", "raw", "index", "notes", "info"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     index, notes, info = prepare_source(load_params(args.params), args.raw)
     for path in (args.index, args.notes, args.info):
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

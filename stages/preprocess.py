@@ -1,11 +1,11 @@
 """Preprocess stage: decode every usable image once into a letterboxed uint8 cache."""
 import argparse
-import logging
 from pathlib import Path
 
-from assurexray.cache import build_cache
+from assurexray.console import run_main
+from assurexray.data.cache import build_cache
+from assurexray.data.schema import read_index, read_quality
 from assurexray.params import load_params
-from assurexray.schema import read_index, read_quality
 
 
 def main() -> None:
@@ -13,7 +13,6 @@ def main() -> None:
     for name in ("params", "index", "quality", "out"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     build_cache(read_index(args.index), read_quality(args.quality), params.preprocess.cache_size,
@@ -22,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,8 +3,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from assurexray.console import run_main
 from assurexray.params import load_params
-from assurexray.report import load_inputs, render_model_card, render_report
+from assurexray.reporting.report import load_inputs, render_model_card, render_report
 
 log = logging.getLogger("report")
 
@@ -15,7 +16,6 @@ def main() -> None:
                  "model-card", "report"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     inputs = load_inputs(load_params(args.params), args.info, args.model, args.metrics_dir,
                          args.train_metrics, args.plots_dir)
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

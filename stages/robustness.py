@@ -3,11 +3,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from assurexray.datasets import read_split
-from assurexray.evaluation import load_for_inference
-from assurexray.predictions import write_json
+from assurexray.console import run_main
+from assurexray.data.datasets import read_split
+from assurexray.evaluation.predictions import write_json
+from assurexray.inference.robustness import drop_rows, evaluate_robustness, plot_robustness
+from assurexray.inference.runner import load_for_inference
 from assurexray.params import load_params
-from assurexray.robustness import drop_rows, evaluate_robustness, plot_robustness
 
 log = logging.getLogger("robustness")
 
@@ -17,7 +18,6 @@ def main() -> None:
     for name in ("params", "model", "cache", "splits", "metrics", "plots"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     model, meta, cache, transform, device = load_for_inference(args.model, args.cache)
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

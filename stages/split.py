@@ -4,9 +4,10 @@ import json
 import logging
 from pathlib import Path
 
+from assurexray.console import run_main
+from assurexray.data.schema import DatasetInfo, read_index, read_quality
+from assurexray.data.splits import make_split, split_metrics, write_split
 from assurexray.params import load_params
-from assurexray.schema import DatasetInfo, read_index, read_quality
-from assurexray.splits import make_split, split_metrics, write_split
 
 log = logging.getLogger("split")
 
@@ -16,7 +17,6 @@ def main() -> None:
     for name in ("params", "index", "quality", "info", "out", "metrics"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     options = params.split_options
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,12 +3,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from assurexray.cache import ImageCache
-from assurexray.checkpoint import save_checkpoint
-from assurexray.datasets import read_split
+from assurexray.console import run_main
+from assurexray.data.cache import ImageCache
+from assurexray.data.datasets import read_split
+from assurexray.data.schema import DatasetInfo
 from assurexray.params import load_params
-from assurexray.schema import DatasetInfo
-from assurexray.training import SplitData, train_classifier
+from assurexray.training.checkpoint import save_checkpoint
+from assurexray.training.loop import SplitData, train_classifier
 
 log = logging.getLogger("train")
 
@@ -18,7 +19,6 @@ def main() -> None:
     for name in ("params", "cache", "splits", "info", "model", "resume-dir", "live"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     classes = DatasetInfo.load(args.info).classes
@@ -32,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -14,9 +14,9 @@ import scipy.fft
 import yaml
 from PIL import Image
 
-from assurexray import audit
+from assurexray.data import audit
+from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS, DatasetInfo, read_index
 from assurexray.params import AuditParams
-from assurexray.schema import INDEX_COLUMNS, QUALITY_COLUMNS, DatasetInfo, read_index
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -329,7 +329,7 @@ def test_prepare_and_audit_stages_on_synthetic_twin(tmp_path):
 
 
 def test_audit_flags_every_planted_defect_of_the_twin(tiny_twin):
-    from assurexray import btxrd, synthetic
+    from assurexray.data import btxrd, synthetic
 
     index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
     result = audit.run_audit(index, notes, DatasetInfo("synthetic", btxrd.CLASSES, str(tiny_twin)), PARAMS)
@@ -358,7 +358,7 @@ def test_audit_flags_every_planted_defect_of_the_twin(tiny_twin):
 
 def test_real_btxrd_annotations_pass_the_annotation_checks(shared_btxrd):
     """The 84 real LabelMe files agree with the real metadata subtypes and stay in bounds."""
-    from assurexray import btxrd
+    from assurexray.data import btxrd
 
     meta = btxrd.read_metadata(shared_btxrd / "dataset.csv")
     meta["stem"] = meta["image_id"].map(lambda i: Path(i).stem)

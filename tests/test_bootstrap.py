@@ -7,11 +7,19 @@ import pytest
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-from assurexray.bootstrap import (
-    Predictions, bootstrap_metrics, bootstrap_weights, group_strata, read_groups,
-    read_predictions, resample_counts, summarize, weighted_metrics)
-from assurexray.metrics import weighted_auc
-from assurexray.predictions import SplitPredictions
+from assurexray.evaluation.bootstrap import (
+    Predictions,
+    bootstrap_metrics,
+    bootstrap_weights,
+    group_strata,
+    read_groups,
+    read_predictions,
+    resample_counts,
+    summarize,
+    weighted_metrics,
+)
+from assurexray.evaluation.metrics import weighted_auc
+from assurexray.evaluation.predictions import SplitPredictions
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assurexray import btxrd
-from assurexray.schema import INDEX_COLUMNS
+from assurexray.data import btxrd
+from assurexray.data.schema import INDEX_COLUMNS
 
 # README table (published): images per center and class.
 PUBLISHED = {1: {"Normal": 1593, "Benign": 1110, "Malignant": 235},

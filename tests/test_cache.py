@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from assurexray import btxrd
-from assurexray.audit import run_audit
-from assurexray.cache import (
-    CacheError, ImageCache, build_cache, content_box, letterbox, map_points)
-from assurexray.imageio import read_image
+from assurexray.data import btxrd
+from assurexray.data.audit import run_audit
+from assurexray.data.cache import CacheError, ImageCache, build_cache, content_box, letterbox, map_points
+from assurexray.data.imageio import read_image
+from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, write_index
 from assurexray.params import AuditParams
-from assurexray.schema import INDEX_COLUMNS, DatasetInfo, write_index
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,16 @@ from scipy.special import softmax
 from sklearn.metrics import log_loss
 from torchmetrics.classification import MulticlassCalibrationError
 
-from assurexray.calibration import (
-    brier_score, calibration_summary, expected_calibration_error, fit_temperature,
-    maximum_calibration_error, nll, reliability_bins, reliability_rows)
+from assurexray.evaluation.calibration import (
+    brier_score,
+    calibration_summary,
+    expected_calibration_error,
+    fit_temperature,
+    maximum_calibration_error,
+    nll,
+    reliability_bins,
+    reliability_rows,
+)
 
 K = 3
 

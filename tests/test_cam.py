@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from assurexray import NOT_FOR_CLINICAL_USE, cam, gallery, localization
-from assurexray.predictions import SplitPredictions
-from assurexray.models import build_model
-from assurexray.transforms import eval_transform
+from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.data.transforms import eval_transform
+from assurexray.evaluation.predictions import SplitPredictions
+from assurexray.explain import cam, gallery, localization
+from assurexray.training.models import build_model
 
 BACKBONES = ["efficientnet_b0", "resnet18", "resnet50", "densenet121", "convnext_atto",
              "mobilenetv3_small_100"]

@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from assurexray import download
-from assurexray.download import (EXTRACTED_MARKER, DownloadError, UnsafeArchiveError,
-                                 default_cache_dir, fetch, fetch_and_extract, safe_extract)
+from assurexray.data import download
+from assurexray.data.download import (
+    EXTRACTED_MARKER,
+    DownloadError,
+    UnsafeArchiveError,
+    default_cache_dir,
+    fetch,
+    fetch_and_extract,
+    safe_extract,
+)
 from assurexray.params import BtxrdParams
 
 PAYLOAD = os.urandom(300_000)

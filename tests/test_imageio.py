@@ -12,7 +12,7 @@ from PIL import ExifTags, Image, ImageFile
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from assurexray.imageio import ImageReadError, image_size, is_dicom, read_image
+from assurexray.data.imageio import ImageReadError, image_size, is_dicom, read_image
 
 H, W = 24, 40
 RNG = np.random.default_rng(0)

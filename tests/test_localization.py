@@ -10,7 +10,7 @@ from matplotlib.path import Path
 from scipy import ndimage
 from sklearn.metrics import jaccard_score
 
-from assurexray import localization as loc
+from assurexray.explain import localization as loc
 
 
 def test_box_mask_is_half_open_on_pixel_centres():
@@ -112,7 +112,7 @@ def test_scale_lesions_is_a_pure_scale():
 
 def test_scaled_box_is_exact_through_the_model_input_resize():
     """A bright box in a cache image lands where scale_lesions says, after eval_transform."""
-    from assurexray.transforms import eval_transform
+    from assurexray.data.transforms import eval_transform
 
     size, image_size = 64, 40
     box = [3, 5, 29, 41]                       # maps to non-integer edges on purpose

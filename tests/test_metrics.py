@@ -8,11 +8,17 @@ import torch
 from sklearn import metrics as skm
 from torch.utils.data import DataLoader, TensorDataset
 
-from assurexray.evaluation import (
-    check_cache_size, confusion_rows, curve_rows, evaluation_metrics, predict_logits, write_plots)
-from assurexray.predictions import SplitPredictions, read_predictions
-from assurexray.metrics import (
-    binary_rates, classification_metrics, confusion_matrix, json_safe, ovr_auc, per_class_metrics)
+from assurexray.evaluation.curves import confusion_rows, curve_rows, evaluation_metrics, write_plots
+from assurexray.evaluation.metrics import (
+    binary_rates,
+    classification_metrics,
+    confusion_matrix,
+    json_safe,
+    ovr_auc,
+    per_class_metrics,
+)
+from assurexray.evaluation.predictions import SplitPredictions, read_predictions
+from assurexray.inference.runner import check_cache_size, predict_logits
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 

@@ -6,9 +6,8 @@ import timm
 import torch
 from torch import nn
 
-from assurexray.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from assurexray.models import (PretrainedWeightsError, WeightsFileError, build_model,
-                               cam_target_layer)
+from assurexray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from assurexray.training.models import PretrainedWeightsError, WeightsFileError, build_model, cam_target_layer
 
 BACKBONES = ["efficientnet_b0", "resnet50", "densenet121", "resnet18", "mobilenetv3_small_100",
              "convnext_atto"]

@@ -2,9 +2,14 @@
 import numpy as np
 import pytest
 
-from assurexray.bootstrap import Predictions
-from assurexray.operating_points import (
-    BinaryTask, binary_rates, binary_tasks, choose_thresholds, operating_points)
+from assurexray.evaluation.bootstrap import Predictions
+from assurexray.evaluation.operating_points import (
+    BinaryTask,
+    binary_rates,
+    binary_tasks,
+    choose_thresholds,
+    operating_points,
+)
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 

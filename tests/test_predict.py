@@ -13,14 +13,14 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from scipy.special import softmax
 
-from assurexray.cache import ImageCache, build_cache
-from assurexray.checkpoint import load_checkpoint, save_checkpoint
 from assurexray.cli import main
-from assurexray.datasets import CachedDataset
-from assurexray.evaluation import predict_logits
-from assurexray.models import build_model
-from assurexray.schema import INDEX_COLUMNS, QUALITY_COLUMNS
-from assurexray.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from assurexray.data.cache import ImageCache, build_cache
+from assurexray.data.datasets import CachedDataset
+from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
+from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from assurexray.inference.runner import predict_logits
+from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.models import build_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 CACHE_SIZE, IMAGE_SIZE = 64, 48

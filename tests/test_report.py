@@ -11,21 +11,20 @@ import pytest
 import torch
 
 from assurexray import NOT_FOR_CLINICAL_USE
-from assurexray.bootstrap import METHOD, Predictions, bootstrap_metrics
-from assurexray.calibration import temperature_scaling_report
-from assurexray.cam import road_summary
-from assurexray.checkpoint import save_checkpoint
-from assurexray.evaluation import evaluation_metrics
-from assurexray.predictions import SplitPredictions
-from assurexray.localization import grouped_summary, score_cam
-from assurexray.metrics import json_safe
-from assurexray.models import build_model
-from assurexray.operating_points import operating_points
+from assurexray.data.splits import split_metrics
+from assurexray.evaluation.bootstrap import METHOD, Predictions, bootstrap_metrics
+from assurexray.evaluation.calibration import temperature_scaling_report
+from assurexray.evaluation.curves import evaluation_metrics
+from assurexray.evaluation.metrics import json_safe
+from assurexray.evaluation.operating_points import operating_points
+from assurexray.evaluation.predictions import SplitPredictions
+from assurexray.evaluation.subgroups import subgroup_table, summarize_subgroups
+from assurexray.explain.cam import road_summary
+from assurexray.explain.localization import grouped_summary, score_cam
 from assurexray.params import Params, to_dict
-from assurexray.splits import split_metrics
-from assurexray.subgroups import subgroup_table, summarize_subgroups
-from assurexray.report import (SYNTHETIC_BANNER, fmt, load_inputs, render_model_card,
-                               render_report)
+from assurexray.reporting.report import SYNTHETIC_BANNER, fmt, load_inputs, render_model_card, render_report
+from assurexray.training.checkpoint import save_checkpoint
+from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]

@@ -11,12 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from assurexray.cache import ImageCache, letterbox
-from assurexray.checkpoint import load_checkpoint, save_checkpoint
-from assurexray.models import build_model
-from assurexray.robustness import (CORRUPTIONS, content_boxes, corrupt_images, corruption,
-                                   drop_rows, evaluate_robustness, plot_robustness)
-from assurexray.transforms import eval_transform
+from assurexray.data.cache import ImageCache, letterbox
+from assurexray.data.transforms import eval_transform
+from assurexray.inference.robustness import (
+    CORRUPTIONS,
+    content_boxes,
+    corrupt_images,
+    corruption,
+    drop_rows,
+    evaluate_robustness,
+    plot_robustness,
+)
+from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from assurexray import audit, btxrd, download, sources
+from assurexray.data import audit, btxrd, download, sources
+from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, read_index, write_index
 from assurexray.params import AuditParams, Params, load_params
-from assurexray.schema import INDEX_COLUMNS, DatasetInfo, read_index, write_index
 
 REPO = Path(__file__).resolve().parents[1]
 

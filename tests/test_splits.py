@@ -8,12 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from assurexray import btxrd
-from assurexray.audit import run_audit
+from assurexray.data import btxrd
+from assurexray.data.audit import run_audit
+from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, read_quality, write_index
+from assurexray.data.splits import SplitError, assign_groups, make_split, split_metrics, write_split
 from assurexray.params import AuditParams
-from assurexray.schema import INDEX_COLUMNS, DatasetInfo, read_quality, write_index
-from assurexray.splits import (
-    SplitError, assign_groups, make_split, split_metrics, write_split)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]

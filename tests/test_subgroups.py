@@ -9,11 +9,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from assurexray.bootstrap import Predictions
-from assurexray.schema import INDEX_COLUMNS, DatasetInfo, write_index
-from assurexray.subgroups import (
-    FACTORS, age_band_labels, age_bands, forest_plot, plot_records, subgroup_factors,
-    subgroup_table, summarize_subgroups)
+from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, write_index
+from assurexray.evaluation.bootstrap import Predictions
+from assurexray.evaluation.subgroups import (
+    FACTORS,
+    age_band_labels,
+    age_bands,
+    forest_plot,
+    plot_records,
+    subgroup_factors,
+    subgroup_table,
+    summarize_subgroups,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]

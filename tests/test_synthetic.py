@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assurexray import btxrd, imageio, synthetic
+from assurexray.data import btxrd, imageio, synthetic
 
 # README table (published): images per center and class, and view counts.
 PUBLISHED = {(1, "Normal"): 1593, (1, "Benign"): 1110, (1, "Malignant"): 235,

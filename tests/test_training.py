@@ -8,15 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from assurexray import training
-from assurexray.cache import ImageCache
-from assurexray.datasets import CachedDataset, make_loader, read_split, seed_epoch
-from assurexray.losses import FocalLoss, build_loss, inverse_frequency_weights
-from assurexray.models import build_model
+from assurexray.data.cache import ImageCache
+from assurexray.data.datasets import CachedDataset, make_loader, read_split, seed_epoch
+from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, reseed, train_transform
 from assurexray.params import ModelParams, Params, TrainParams
-from assurexray.training import Loop, SplitData, train_classifier, warmup_cosine
-from assurexray.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, reseed,
-                                   train_transform)
+from assurexray.training import loop as training
+from assurexray.training.loop import Loop, SplitData, train_classifier, warmup_cosine
+from assurexray.training.losses import FocalLoss, build_loss, inverse_frequency_weights
+from assurexray.training.models import build_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 N_IMAGES, CACHE_SIZE = 30, 64
@@ -212,7 +211,7 @@ def test_resume_after_a_crash_continues_at_the_next_epoch(tiny_cache, tmp_path, 
         run(tiny_cache, tmp_path, "c")
     monkeypatch.setattr(Loop, "save", save)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="assurexray.training"):
+    with caplog.at_level(logging.INFO, logger="assurexray.training.loop"):
         model, meta, out = run(tiny_cache, tmp_path, "c")
     assert "resuming at epoch 2" in caplog.text
     assert caplog.text.count("epoch 1/2:") == 0 and caplog.text.count("epoch 2/2:") == 1
@@ -224,7 +223,7 @@ def test_resume_after_a_crash_continues_at_the_next_epoch(tiny_cache, tmp_path, 
 def test_resume_state_from_another_or_a_finished_run_is_ignored(reference, caplog):
     path = reference[2] / "last" / "last.pt"
     fingerprint = torch.load(path, weights_only=True)["fingerprint"]
-    with caplog.at_level(logging.INFO, logger="assurexray.training"):
+    with caplog.at_level(logging.INFO, logger="assurexray.training.loop"):
         assert training._read_resume(path, "another run") is None
         assert training._read_resume(path, fingerprint) is None
     assert "different params" in caplog.text and "had finished" in caplog.text

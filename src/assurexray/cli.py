@@ -6,10 +6,13 @@ import importlib
 import logging
 import sys
 
+from assurexray.console import LOG_FORMAT, USER_ERROR_EXIT
+from assurexray.errors import AssureXRayError
+
 # subcommand -> module exposing add_arguments(parser) and run(args) -> exit code
 SUBCOMMANDS = {
     "predict": ("assurexray.predict", "classify radiographs with a trained checkpoint"),
-    "compare": ("assurexray.compare", "compare the stratified and center-holdout experiments"),
+    "compare": ("assurexray.reporting.compare", "compare the stratified and center-holdout experiments"),
 }
 
 
@@ -22,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
         modules[name] = module
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return modules[args.command].run(args)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        return modules[args.command].run(args)
+    except AssureXRayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
 
+from assurexray.errors import AssureXRayError
 
-class ParamsError(ValueError):
+
+class ParamsError(AssureXRayError, ValueError):
     """params.yaml does not match the schema; the message names the offending key."""
 
 
@@ -33,17 +35,17 @@ class BtxrdParams:
     size: int = 840474929
     md5: str = "59132a5036d030580ccade8add8f13df"
     sha256: str = "e7c800c3b4e090262b160525a0765f9d93bcc53d639c03806a3ac47b0ded3373"
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
 class BtxrdDirParams:
-    path: Optional[str] = None
+    path: str | None = None
 
 
 @dataclass(frozen=True)
 class ManifestParams:
-    path: Optional[str] = None
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class PreprocessParams:
 class ModelParams:
     backbone: str = "efficientnet_b0"
     pretrained: bool = False
-    weights_path: Optional[str] = None
+    weights_path: str | None = None
     dropout: float = 0.2
 
 

@@ -19,25 +19,25 @@ import contextlib
 import itertools
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from scipy.special import softmax
 from torch.utils.data import TensorDataset
-from tqdm import tqdm
 
 from assurexray import NOT_FOR_CLINICAL_USE
-from assurexray.cache import letterbox
-from assurexray.cam import METHODS, compute_cams, overlay
-from assurexray.checkpoint import CheckpointError, load_checkpoint
-from assurexray.evaluation import predict_logits
-from assurexray.imageio import ImageReadError, read_image
-from assurexray.models import default_device
-from assurexray.transforms import eval_transform
+from assurexray.console import progress
+from assurexray.data.cache import letterbox
+from assurexray.data.imageio import ImageReadError, read_image
+from assurexray.data.transforms import eval_transform
+from assurexray.explain.cam import METHODS, compute_cams, overlay
+from assurexray.inference.runner import predict_logits
+from assurexray.training.checkpoint import CheckpointError, load_checkpoint
+from assurexray.training.models import default_device
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Predictor:
         if cam_dir is not None:
             cam_dir.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(self.workers) as pool, \
-                tqdm(total=len(files), desc="predict", unit="img") as bar:
+                progress(total=len(files), desc="predict", unit="img") as bar:
             for start in range(0, len(files), self.batch_size):
                 chunk = files[start:start + self.batch_size]
                 loaded = list(pool.map(self.load, chunk))

@@ -1,0 +1,103 @@
+"""Datasets over the decoded image cache and reproducible DataLoaders.
+
+Every random draw of an epoch (shuffling, per-worker augmentation) derives from
+(seed, epoch) alone, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from assurexray.data.transforms import reseed
+
+UNLABELLED = -1
+
+
+class CachedDataset(Dataset):
+    """(image tensor, class index) pairs read from the cache's (N, S, S) uint8 memmap.
+
+    ``cache`` is anything with ``.images`` (the array) and ``.row_of(image_id)``
+    (``cache.ImageCache``). Without labels the class index is ``UNLABELLED`` (-1).
+    """
+
+    def __init__(self, cache, image_ids: Sequence[str], labels: np.ndarray | None, transform):
+        if labels is not None and len(labels) != len(image_ids):
+            raise ValueError(f"{len(image_ids)} image ids but {len(labels)} labels")
+        self.images = cache.images
+        self.rows = _rows(cache, image_ids)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = np.ascontiguousarray(self.images[self.rows[index]])
+        label = UNLABELLED if self.labels is None else int(self.labels[index])
+        return self.transform(image=image)["image"], label
+
+    def reseed(self, seed: int) -> None:
+        reseed(self.transform, seed)
+
+
+def _rows(cache, image_ids: Sequence[str]) -> np.ndarray:
+    rows, missing = [], []
+    for image_id in image_ids:
+        try:
+            rows.append(cache.row_of(image_id))
+        except KeyError:
+            missing.append(image_id)
+    if missing:
+        raise KeyError(f"{len(missing)} image id(s) are not in the image cache, e.g. "
+                       f"{missing[:5]}; rerun the preprocess stage")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def read_split(path: str | Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Image ids and class indices (position in ``classes``) of a split CSV."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"image_id", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: split lacks columns {sorted(missing)}")
+    if df.empty:
+        raise ValueError(f"{path}: split is empty")
+    unknown = sorted(set(df["label"]) - set(classes))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown} are not among the classes {list(classes)}")
+    duplicated = df["image_id"][df["image_id"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"{path}: duplicated image ids {duplicated[:5]}")
+    index = {name: i for i, name in enumerate(classes)}
+    return df["image_id"].tolist(), df["label"].map(index).to_numpy(np.int64)
+
+
+def make_loader(dataset: CachedDataset, batch_size: int, shuffle: bool, num_workers: int,
+                seed: int, drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds come from its own generator."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
+                      pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)  # workers restart, and reseed, every epoch
+
+
+def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make this epoch's shuffling and augmentation a function of (seed, epoch) only."""
+    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    loader.generator.manual_seed(epoch_seed)
+    loader.dataset.reseed(epoch_seed)  # used as is when loading in the main process
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator: base seed + worker id.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    get_worker_info().dataset.reseed(seed)

@@ -1,0 +1,208 @@
+"""The one image reader: JPEG/PNG (any Pillow mode) and DICOM to (H, W) uint8 grayscale.
+
+Files are recognised by content, not by extension: DICOM by the ``DICM`` magic at offset 128,
+everything else by Pillow; a file Pillow cannot identify gets one more try as a DICOM file
+without preamble. Every failure is an ``ImageReadError`` whose message names the file and the
+reason, so callers (ingest, audit) can report it instead of dropping the image.
+
+Conversion rules (deterministic, documented once here):
+
+- 8-bit modes (L, RGB, CMYK, P, 1, YCbCr...) go through Pillow's ``convert("L")``
+  (ITU-R 601-2 luma).
+- Modes with transparency (LA, RGBA, PA, P/L/RGB with a ``transparency`` key) are composited
+  on opaque black first: transparent areas become background (0), as on a radiograph.
+- 16-bit and 32-bit integer and float modes (I;16*, I, F) are stretched min-max over the image
+  to 0-255; many "16-bit" radiographs store only 10-12 bits, so scaling by the full 16-bit range
+  would leave them nearly black. A flat image becomes all zeros; NaN becomes 0.
+- DICOM: modality LUT/rescale, then VOI LUT or window (pydicom), then min-max to 0-255 (the same
+  rule as 16-bit PNG), then MONOCHROME1 is inverted so bone is always bright. Multi-frame files
+  give their first frame; colour DICOM is reduced to luma.
+- EXIF orientation is applied (``ImageOps.exif_transpose``).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+from assurexray.errors import AssureXRayError
+
+DEFAULT_MAX_PIXELS = 200_000_000
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128
+NOT_AN_IMAGE = "not an image (neither Pillow nor pydicom can read it)"
+PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# EXIF orientations that transpose the image, i.e. swap width and height.
+TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+# Exceptions Pillow and pydicom raise on broken content (pydicom's pixel decoders are varied).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+                 TypeError, AttributeError, NotImplementedError, RuntimeError)
+
+
+class ImageReadError(AssureXRayError):
+    """An image could not be read; the message is '<file name>: <reason>'."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path.name}: {reason}")
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to an (H, W) uint8 grayscale array (see the module doc for the rules).
+
+    The header's width * height is checked against ``max_pixels`` before any pixel is decoded.
+    Pillow also refuses, at open, anything above its own hard limit
+    (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); both come out as ImageReadError.
+    """
+    path = _existing_file(path)
+    if is_dicom(path):
+        return _read_dicom(path, max_pixels, force=False)
+    try:
+        im = _open_pil(path)
+    except UnidentifiedImageError:
+        return _read_dicom(path, max_pixels, force=True)
+    with im:
+        _check_pixels(path, im.size, max_pixels)
+        return _pil_to_gray(_decode_pil(path, im))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the image as ``read_image`` returns it, from the header only.
+
+    EXIF rotations by 90/270 degrees swap the two. For PNG only EXIF data stored before the
+    pixel data is seen (reading a trailing eXIf chunk would mean decoding the pixels).
+    """
+    path = _existing_file(path)
+    if is_dicom(path):
+        return _dicom_size(_dicom_dataset(path, force=False))
+    try:
+        im = _open_pil(path)
+    except UnidentifiedImageError:
+        return _dicom_size(_dicom_dataset(path, force=True))
+    with im:
+        # Image.getexif reads only what the header parse found; PngImageFile.getexif would
+        # decode the whole image when the header holds no EXIF.
+        orientation = Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1)
+        width, height = im.size
+    return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True when the file carries the DICOM Part 10 magic ``DICM`` at offset 128."""
+    with open(path, "rb") as fh:
+        fh.seek(DICOM_MAGIC_OFFSET)
+        return fh.read(len(DICOM_MAGIC)) == DICOM_MAGIC
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "zero-byte file")
+    return path
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    pixels = int(size[0]) * int(size[1])
+    if pixels > max_pixels:
+        raise ImageReadError(path, f"decompression bomb: {pixels} pixels > limit {max_pixels}")
+
+
+# ---- Pillow ------------------------------------------------------------------------------
+
+def _open_pil(path: Path) -> Image.Image:
+    """Lazy open (header only); UnidentifiedImageError passes through for the DICOM retry."""
+    try:
+        with warnings.catch_warnings():
+            # The caller checks max_pixels itself; Pillow's soft-limit warning would be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except UnidentifiedImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"decompression bomb: {exc}") from exc
+    except DECODE_ERRORS as exc:
+        raise ImageReadError(path, f"unreadable image header ({exc})") from exc
+
+
+def _decode_pil(path: Path, im: Image.Image) -> Image.Image:
+    """Decode all pixels and apply EXIF orientation; a truncated file raises."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Set by some other module: Pillow would then return truncated images half grey.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; AssureXRay refuses to "
+                           "read images with it because truncated files would load silently")
+    try:
+        im.load()
+        return ImageOps.exif_transpose(im)
+    except DECODE_ERRORS as exc:
+        kind = "truncated" if "truncated" in str(exc) else "corrupt"
+        raise ImageReadError(path, f"{kind} {im.format} ({exc})") from exc
+
+
+def _pil_to_gray(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        return _stretch(np.asarray(im))
+    if im.has_transparency_data:
+        black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(black, im.convert("RGBA"))
+    return np.array(im.convert("L"), dtype=np.uint8)
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    """Min-max map the finite values to 0-255 (rounded); flat images and NaN give 0."""
+    arr = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if not finite.any():
+        return out
+    lo, hi = arr[finite].min(), arr[finite].max()
+    if hi > lo:
+        out[finite] = np.rint((arr[finite] - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return out
+
+
+# ---- DICOM -------------------------------------------------------------------------------
+
+def _dicom_dataset(path: Path, force: bool, with_pixels: bool = False) -> pydicom.Dataset:
+    """The parsed file (pixel bytes still encoded); ``force`` is the last-chance try on a file
+    Pillow could not identify."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on every odd tag of a forced read
+            ds = pydicom.dcmread(path, force=force, stop_before_pixels=not with_pixels)
+    except (InvalidDicomError, *DECODE_ERRORS) as exc:
+        raise ImageReadError(path, NOT_AN_IMAGE if force else f"unreadable DICOM ({exc})") from exc
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageReadError(path, NOT_AN_IMAGE if force else "DICOM without Rows/Columns")
+    return ds
+
+
+def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
+    return int(ds.Columns), int(ds.Rows)
+
+
+def _read_dicom(path: Path, max_pixels: int, force: bool) -> np.ndarray:
+    ds = _dicom_dataset(path, force, with_pixels=True)
+    _check_pixels(path, _dicom_size(ds), max_pixels)  # before the pixel bytes are decoded
+    if not any(tag in ds for tag in PIXEL_DATA_TAGS):
+        raise ImageReadError(path, "DICOM without pixel data")
+    try:
+        frame = pixel_array(ds, index=0)  # the first frame of a multi-frame file
+        return _dicom_to_gray(ds, frame)
+    except DECODE_ERRORS as exc:
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({exc})") from exc
+
+
+def _dicom_to_gray(ds: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 3:  # colour: pydicom already converted YBR to RGB
+        return _stretch(frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    values = apply_voi_lut(apply_modality_lut(frame, ds), ds, index=0)
+    out = _stretch(values)
+    return 255 - out if ds.get("PhotometricInterpretation") == "MONOCHROME1" else out

@@ -1,0 +1,239 @@
+"""Data sources: each one ends in the same normalized index, ingest notes and DatasetInfo.
+
+Sources (``params.data.source``): ``synthetic`` (a generated BTXRD twin), ``btxrd`` (the
+downloaded release), ``btxrd_dir`` (a release already on disk) and ``manifest`` (a CSV of
+path,label[,...] rows or a folder with one sub-folder per class). Manifest boxes are written as
+LabelMe files so that one annotation parser (``btxrd.parse_labelme``) serves every source.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from assurexray.data import btxrd, download, imageio, synthetic
+from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo
+from assurexray.errors import AssureXRayError
+from assurexray.params import Params
+
+log = logging.getLogger(__name__)
+
+NOTE_COLUMNS = btxrd.NOTE_COLUMNS
+MANIFEST_REQUIRED = ["path", "label"]
+MANIFEST_OPTIONAL = ["center", "site", "group", "view", "age", "sex"]
+BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
+# Manifest column -> index column, where the names differ.
+MANIFEST_TO_INDEX = {"site": "sites"}
+IMAGE_SUFFIXES = btxrd.IMAGE_SUFFIXES | {".dcm"}
+LABELME_VERSION = "5.4.1"
+ANNOTATIONS_DIR = "annotations"
+
+
+class SourceError(AssureXRayError, ValueError):
+    """A source cannot be read; the message names the file or the params key to fix."""
+
+
+def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``."""
+    data = params.data
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    if data.source == "manifest":
+        path = _configured_path(data.manifest.path, "data.manifest.path", "a CSV or a folder per class")
+        index, notes, classes = read_manifest(path, raw_dir)
+        return index, notes, DatasetInfo(data.source, classes, str(path))
+    if data.source == "synthetic":
+        s = data.synthetic
+        root = synthetic.generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
+                                       defects=s.defects, min_side=s.min_side, max_side=s.max_side)
+    elif data.source == "btxrd":
+        cache_dir = Path(data.btxrd.cache_dir) if data.btxrd.cache_dir else download.default_cache_dir()
+        root = download.fetch_and_extract(data.btxrd, raw_dir, cache_dir)
+    else:
+        root = _configured_path(data.btxrd_dir.path, "data.btxrd_dir.path",
+                                "a folder holding images/, Annotations/, dataset.xlsx")
+    index, notes = btxrd.ingest_btxrd_dir(root)
+    return index, notes, DatasetInfo(data.source, list(btxrd.CLASSES), str(root))
+
+
+def _configured_path(value: str | None, key: str, what: str) -> Path:
+    if not value:
+        raise SourceError(f"params key '{key}' is null: set it to {what}")
+    path = Path(value)
+    if not path.exists():
+        raise SourceError(f"'{key}' = {value}: no such file or folder")
+    return path
+
+
+# --------------------------------------------------------------------------- manifests
+
+def read_manifest(path: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Index a manifest CSV or a folder-per-class tree; returns (index, notes, classes).
+
+    Classes are the sorted distinct labels found in the data. Boxes become LabelMe files in
+    ``out_dir/annotations/``. A row with a missing path or label stays in the index with an
+    ``ingest_issue``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        entries, notes = _scan_class_folders(path)
+    else:
+        entries, notes = _read_manifest_csv(path), []
+    index = _index_from_entries(entries, Path(out_dir) / ANNOTATIONS_DIR)
+    # every label the source names is a class, also one whose only image gets excluded
+    classes = sorted({label for e in entries for label in e.labels})
+    if not classes:
+        raise SourceError(f"{path}: no labelled image found")
+    log.info("%s: %d images, classes %s, %d notes", path, len(index), classes, len(notes))
+    return index, pd.DataFrame(notes, columns=NOTE_COLUMNS), classes
+
+
+@dataclass
+class _Entry:
+    """One image of a manifest before it becomes an index row."""
+    rel: str                     # path relative to ``base``; '' when the manifest row has none
+    base: Path
+    key: str                     # what the image_id derives from
+    values: dict[str, str]       # label and the optional manifest columns
+    labels: list[str]            # every label the source gives this image
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
+
+
+def _read_manifest_csv(path: Path) -> list[_Entry]:
+    """One entry per distinct image path; rows without a path stay separate."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path}: cannot read the manifest CSV: {exc}") from exc
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = [c for c in MANIFEST_REQUIRED if c not in df.columns]
+    if any(c in df.columns for c in BOX_COLUMNS):
+        missing += [c for c in BOX_COLUMNS if c not in df.columns]
+    if missing:
+        raise SourceError(f"{path}: manifest lacks column(s) {missing} "
+                          "(needs path,label; box columns come as x0,y0,x1,y1 together)")
+    ignored = sorted(set(df.columns) - set(MANIFEST_REQUIRED + MANIFEST_OPTIONAL + BOX_COLUMNS))
+    if ignored:
+        log.warning("%s: ignoring unknown manifest column(s) %s", path, ignored)
+    df = df.map(str.strip).reindex(columns=MANIFEST_REQUIRED + MANIFEST_OPTIONAL + BOX_COLUMNS,
+                                   fill_value="")
+    df["line"] = range(2, len(df) + 2)  # CSV line numbers (the header is line 1)
+    groups: dict[str, list[pd.Series]] = {}
+    for _, row in df.iterrows():
+        groups.setdefault(row["path"] or f"row{row['line']}", []).append(row)
+    return [_entry_of_rows(key, path.parent, rows) for key, rows in groups.items()]
+
+
+def _entry_of_rows(key: str, base: Path, rows: list[pd.Series]) -> _Entry:
+    """Merge the rows of one image: their values must agree; each row may add a box."""
+    lines = ", ".join(str(r["line"]) for r in rows)
+    entry = _Entry(rows[0]["path"], base, key, {}, [])
+    if not entry.rel:
+        entry.issues.append(f"empty path on manifest line {lines}")
+    for col in ["label"] + MANIFEST_OPTIONAL:
+        found = list(dict.fromkeys(r[col] for r in rows if r[col]))
+        entry.values[col] = found[0] if len(found) == 1 else ""
+        if len(found) > 1:
+            entry.issues.append(f"conflicting {col} values {found} on manifest lines {lines}")
+    entry.labels = list(dict.fromkeys(r["label"] for r in rows if r["label"]))
+    if not entry.labels:
+        entry.issues.append(f"empty label on manifest line {lines}")
+    for r in rows:
+        cells = [r[c] for c in BOX_COLUMNS]
+        if any(cells):
+            box = _box(cells)
+            if box:
+                entry.boxes.append(box)
+            else:
+                entry.issues.append(f"annotation box on manifest line {r['line']} ignored: "
+                                    f"x0,y0,x1,y1 = {cells} are not 4 finite numbers")
+    return entry
+
+
+def _box(cells: list[str]) -> tuple[float, float, float, float] | None:
+    try:
+        box = tuple(float(c) for c in cells)
+    except ValueError:
+        return None
+    return box if all(map(math.isfinite, box)) else None
+
+
+def _scan_class_folders(root: Path) -> tuple[list[_Entry], list[tuple[str, str]]]:
+    """Images under root/<class>/ (any depth); every other file goes to the notes."""
+    entries, notes = [], []
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root)
+        if len(rel.parts) == 1:
+            notes.append((str(file), "not inside a class folder, ignored"))
+        elif file.suffix.lower() not in IMAGE_SUFFIXES:
+            notes.append((str(file), f"not an image file (suffix '{file.suffix}'), ignored"))
+        else:
+            label = rel.parts[0]
+            values = dict.fromkeys(MANIFEST_OPTIONAL, "") | {"label": label}
+            entries.append(_Entry(str(rel), root, str(rel), values, [label]))
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not any(e.labels == [folder.name] for e in entries):
+            notes.append((str(folder), "class folder without images, ignored"))
+    return entries, notes
+
+
+def _index_from_entries(entries: list[_Entry], annotations_dir: Path) -> pd.DataFrame:
+    rows = []
+    for image_id, e in zip(unique_ids([e.key for e in entries]), entries):
+        file = str(e.base / e.rel) if e.rel else ""
+        width, height = _header_size(file)
+        annotation = ""
+        if e.boxes:
+            annotation = str(annotations_dir / f"{image_id}.json")
+            write_labelme(annotation, file, width, height, e.values["label"], e.boxes)
+        values = {MANIFEST_TO_INDEX.get(k, k): v for k, v in e.values.items()}
+        rows.append({**dict.fromkeys(INDEX_COLUMNS, ""), **values, "image_id": image_id,
+                     "file": file, "annotation": annotation, "width": width, "height": height,
+                     "ingest_issue": "; ".join(e.issues)})
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+
+
+def _header_size(file: str) -> tuple[int, int]:
+    """(width, height) from the image header, (-1, -1) when unreadable (the audit says why)."""
+    try:
+        return imageio.image_size(file) if file else (-1, -1)
+    except imageio.ImageReadError:
+        return -1, -1
+
+
+def unique_ids(rel_paths: list[str]) -> list[str]:
+    """Stable image ids from relative paths: the path without suffix, sanitized to
+    [A-Za-z0-9._-]; paths that collide all get a suffix hashed from their own path."""
+    bases = [re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(p)[0]).strip("._") or "image"
+             for p in rel_paths]
+    counts = pd.Series(bases).value_counts()
+    return [f"{b}-{hashlib.sha1(p.encode()).hexdigest()[:8]}" if counts[b] > 1 else b
+            for b, p in zip(bases, rel_paths)]
+
+
+def write_labelme(path: str | Path, image_file: str, width: int, height: int, label: str,
+                  boxes: list[tuple[float, ...]]) -> None:
+    """A LabelMe 5.x file with one rectangle and one matching 4-corner polygon per box."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def shape(kind: str, points: list) -> dict:
+        return {"label": label, "points": points, "group_id": None, "description": "",
+                "shape_type": kind, "flags": {}, "mask": None}
+
+    rects = [shape("rectangle", [[x0, y0], [x1, y1]]) for x0, y0, x1, y1 in boxes]
+    polys = [shape("polygon", [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) for x0, y0, x1, y1 in boxes]
+    doc = {"version": LABELME_VERSION, "flags": {}, "shapes": rects + polys,
+           "imagePath": os.path.relpath(image_file, path.parent) if image_file else "",
+           "imageData": None,
+           "imageHeight": height if height > 0 else None,
+           "imageWidth": width if width > 0 else None}
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

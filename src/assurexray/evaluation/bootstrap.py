@@ -1,0 +1,160 @@
+"""Grouped, class-stratified percentile bootstrap of the classification metrics.
+
+Views of one patient are not independent, so whole patient groups are resampled (with
+replacement, within the stratum of the group's class) and every image carries its group's
+multiplicity as a weight. All resamples are evaluated at once from a (1 + B, n_images) weight
+matrix whose row 0 is the original sample (all ones): metrics are weighted sums, and the AUC
+is a weighted Mann-Whitney statistic computed from one sort of the scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from assurexray.evaluation.metrics import ratio, weighted_auc
+from assurexray.evaluation.predictions import read_predictions as read_prediction_table
+
+METHOD = "grouped stratified percentile bootstrap"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One evaluated split: per image its id, true and predicted class index, class
+    probabilities (n, K, model output order) and patient group."""
+    image_ids: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    groups: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def subset(self, mask: np.ndarray) -> Predictions:
+        return Predictions(self.image_ids[mask], self.y_true[mask], self.y_pred[mask],
+                           self.probs[mask], self.groups[mask])
+
+
+def read_groups(path: str | Path) -> pd.Series:
+    """data/splits/groups.csv as a Series image_id -> group (both strings)."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"image_id", "group"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: lacks columns {sorted(missing)}; rerun the split stage")
+    _check_unique_ids(df, path)
+    ungrouped = df["image_id"][df["group"] == ""]
+    if len(ungrouped):
+        raise ValueError(f"{path}: image {ungrouped.iloc[0]!r} has no group")
+    return df.set_index("image_id")["group"]
+
+
+def _check_unique_ids(df: pd.DataFrame, path) -> None:
+    duplicated = df["image_id"].duplicated()
+    if duplicated.any():
+        raise ValueError(f"{path}: duplicated image_id {df['image_id'][duplicated].iloc[0]!r}")
+
+
+def read_predictions(path: str | Path, classes: list[str], groups: pd.Series) -> Predictions:
+    """Read a predictions CSV (the one reader in ``predictions``) and attach patient groups."""
+    table = read_prediction_table(path)
+    if table.classes != list(classes):
+        raise ValueError(f"{path}: classes {table.classes} differ from dataset.json {classes}")
+    if not len(table.image_ids):
+        raise ValueError(f"{path}: no predictions")
+    unknown = ~pd.Series(table.image_ids).isin(groups.index)
+    if unknown.any():
+        raise ValueError(f"{path}: {unknown.sum()} image(s) have no patient group in groups.csv, "
+                         f"e.g. {table.image_ids[unknown.to_numpy()][0]!r}")
+    return Predictions(table.image_ids, table.y_true, table.y_pred, table.probs(),
+                       groups.loc[table.image_ids].to_numpy())
+
+
+def group_strata(groups: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image -> group position, stratum per group). A group's stratum is its most frequent
+    label (ties: the higher class index); surrogate groups hold one label anyway."""
+    names, position = np.unique(groups, return_inverse=True)
+    counts = np.zeros((len(names), y_true.max() + 1), int)
+    np.add.at(counts, (position, y_true), 1)
+    return position, counts.shape[1] - 1 - counts[:, ::-1].argmax(axis=1)
+
+
+def resample_counts(strata: np.ndarray, n_iter: int, seed: int) -> np.ndarray:
+    """(n_iter, n_groups) multiplicities: each stratum's groups drawn with replacement,
+    keeping the stratum's number of groups."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_iter, len(strata)))
+    rows = np.arange(n_iter)[:, None]
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        draws = members[rng.integers(0, len(members), size=(n_iter, len(members)))]
+        np.add.at(counts, (rows, draws), 1)
+    return counts
+
+
+def bootstrap_weights(groups: np.ndarray, y_true: np.ndarray, n_iter: int, seed: int) -> np.ndarray:
+    """(1 + n_iter, n_images) per-image weights; row 0 is the original sample."""
+    position, strata = group_strata(groups, y_true)
+    counts = resample_counts(strata, n_iter, seed)
+    return np.vstack([np.ones(len(y_true)), counts[:, position]])
+
+
+def weighted_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
+                     weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric for every weight row: scalars (B,), per-class (B, K); NaN where undefined.
+
+    Balanced accuracy averages the recall of the classes present in the row (as sklearn);
+    macro AUC is undefined as soon as one class AUC is.
+    """
+    k = probs.shape[1]
+    truth = np.eye(k, dtype=bool)[y_true]
+    hit = np.eye(k, dtype=bool)[y_pred]
+    total = weights.sum(axis=1)
+    positives = weights @ truth
+    sensitivity = ratio(weights @ (truth & hit), positives)
+    specificity = ratio(weights @ (~truth & ~hit), total[:, None] - positives)
+    auc = np.column_stack([weighted_auc(truth[:, c], probs[:, c], weights) for c in range(k)])
+    present = np.isfinite(sensitivity)
+    balanced = ratio(np.where(present, sensitivity, 0).sum(axis=1), present.sum(axis=1))
+    return {
+        "accuracy": ratio(weights @ (y_true == y_pred), total),
+        "balanced_accuracy": balanced,
+        "macro_auc": auc.mean(axis=1),
+        "auc": auc,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+    }
+
+
+def summarize(values: np.ndarray, ci_level: float) -> dict:
+    """{value, ci_low, ci_high, valid_resamples} from [original, resample 1..B]; percentile
+    interval over the resamples where the metric is defined; None where undefined."""
+    point, samples = values[0], values[1:]
+    valid = samples[np.isfinite(samples)]
+    if not np.isfinite(point) or not len(valid):
+        return {"value": None if not np.isfinite(point) else float(point),
+                "ci_low": None, "ci_high": None, "valid_resamples": int(len(valid))}
+    alpha = 100 * (1 - ci_level) / 2
+    low, high = np.percentile(valid, [alpha, 100 - alpha])
+    return {"value": float(point), "ci_low": float(low), "ci_high": float(high),
+            "valid_resamples": int(len(valid))}
+
+
+def bootstrap_metrics(preds: Predictions, classes: list[str], n_iter: int, ci_level: float,
+                      seed: int) -> dict:
+    """Point estimates and grouped stratified percentile intervals of the main metrics.
+
+    Keys: macro_auc, accuracy, balanced_accuracy (intervals) and auc, sensitivity,
+    specificity ({class: interval}).
+    """
+    weights = bootstrap_weights(preds.groups, preds.y_true, n_iter, seed)
+    values = weighted_metrics(preds.y_true, preds.y_pred, preds.probs, weights)
+    out = {}
+    for name, v in values.items():
+        if v.ndim == 1:
+            out[name] = summarize(v, ci_level)
+        else:
+            out[name] = {c: summarize(v[:, i], ci_level) for i, c in enumerate(classes)}
+    return out

@@ -1,0 +1,110 @@
+"""The model checkpoint contract: ``{"state_dict", "meta"}``, plain data only.
+
+Everything inside is a tensor or a primitive, so ``torch.load(..., weights_only=True)`` can read
+it and a checkpoint from elsewhere cannot run code on load. ``meta`` carries what every later
+stage needs to rebuild the model and its input pipeline without params.yaml.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from assurexray.errors import AssureXRayError
+from assurexray.training.models import build_model
+
+# Keys every checkpoint's meta must hold (calibration adds ``temperature``); save_checkpoint
+# stamps the provenance keys itself.
+REQUIRED_META = ("backbone", "classes", "image_size", "cache_size", "mean", "std", "dropout",
+                 "params", "split", "epoch", "best_val_macro_auc")
+PROVENANCE_META = ("git_rev", "git_dirty", "created_at")
+
+
+class CheckpointError(AssureXRayError, ValueError):
+    """A checkpoint file is unreadable, unsafe or lacks part of the contract."""
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
+    """Write the weights and ``meta`` (stamped with git revision and time) atomically."""
+    path = Path(path)
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: meta lacks {missing}")
+    meta = {**meta, **provenance()}
+    _check_plain(meta, "meta")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_save({"state_dict": state, "meta": meta}, path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model (no pretrained download) and load the weights; eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, or a disallowed (unsafe) object
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or not {"state_dict", "meta"} <= set(payload):
+        raise CheckpointError(f"{path}: expected a dict with 'state_dict' and 'meta'")
+    meta = payload["meta"]
+    missing = [k for k in REQUIRED_META + PROVENANCE_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: meta lacks {missing}")
+    model = build_model(meta["backbone"], len(meta["classes"]), pretrained=False,
+                        dropout=meta["dropout"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {meta['backbone']}: {exc}") from exc
+    return model.to(device).eval(), meta
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save through a temporary file, so an interrupted write leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def provenance() -> dict:
+    """git revision (or 'unknown'), whether the code or params differ from it, and the time."""
+    rev, dirty = "unknown", None
+    try:
+        rev = _git("rev-parse", "HEAD")
+        # Only code and params count: `dvc repro` itself rewrites dvc.lock and the outputs.
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                          "src", "stages", "params.yaml", "dvc.yaml"))
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout (e.g. an exported tree): provenance stays 'unknown'
+    return {"git_rev": rev, "git_dirty": dirty,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+
+
+def _check_plain(value, key: str) -> None:
+    """Reject anything weights_only loading would refuse, naming the offending key."""
+    # Exact types: numpy scalars subclass float but pickle as numpy objects.
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{key}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{key}: key {k!r} is not a string")
+            _check_plain(item, f"{key}.{k}")
+        return
+    raise CheckpointError(f"{key}: {type(value).__name__} cannot be stored in a weights-only "
+                          "checkpoint; convert it to plain data")
