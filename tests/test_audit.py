@@ -329,11 +329,12 @@ def test_prepare_and_audit_stages_on_synthetic_twin(tmp_path):
 
 
 def test_audit_flags_every_planted_defect_of_the_twin(tiny_twin):
-    from assurexray.data import btxrd, synthetic
+    from assurexray.data import btxrd
+    from assurexray.data.synthetic import writer
 
     index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
     result = audit.run_audit(index, notes, DatasetInfo("synthetic", btxrd.CLASSES, str(tiny_twin)), PARAMS)
-    planted = synthetic.planted_defects(tiny_twin)
+    planted = writer.planted_defects(tiny_twin)
     rows = by_id(result)
     d = planted["defects"]
     expected_exclusions = {d["truncated_jpeg"]["image_id"]: audit.TRUNCATED,

@@ -8,7 +8,6 @@ LabelMe files so that one annotation parser (``btxrd.parse_labelme``) serves eve
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from assurexray.data import btxrd, download, imageio, synthetic
+from assurexray.data import btxrd, download, imageio
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo
+from assurexray.data.synthetic.writer import generate_twin
 from assurexray.errors import AssureXRayError
 from assurexray.params import Params
 
@@ -32,7 +32,6 @@ BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 # Manifest column -> index column, where the names differ.
 MANIFEST_TO_INDEX = {"site": "sites"}
 IMAGE_SUFFIXES = btxrd.IMAGE_SUFFIXES | {".dcm"}
-LABELME_VERSION = "5.4.1"
 ANNOTATIONS_DIR = "annotations"
 
 
@@ -51,7 +50,7 @@ def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, p
         return index, notes, DatasetInfo(data.source, classes, str(path))
     if data.source == "synthetic":
         s = data.synthetic
-        root = synthetic.generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
+        root = generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
                                        defects=s.defects, min_side=s.min_side, max_side=s.max_side)
     elif data.source == "btxrd":
         cache_dir = Path(data.btxrd.cache_dir) if data.btxrd.cache_dir else download.default_cache_dir()
@@ -221,19 +220,11 @@ def unique_ids(rel_paths: list[str]) -> list[str]:
 
 def write_labelme(path: str | Path, image_file: str, width: int, height: int, label: str,
                   boxes: list[tuple[float, ...]]) -> None:
-    """A LabelMe 5.x file with one rectangle and one matching 4-corner polygon per box."""
+    """A LabelMe file with one rectangle and one matching 4-corner polygon per box."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def shape(kind: str, points: list) -> dict:
-        return {"label": label, "points": points, "group_id": None, "description": "",
-                "shape_type": kind, "flags": {}, "mask": None}
-
-    rects = [shape("rectangle", [[x0, y0], [x1, y1]]) for x0, y0, x1, y1 in boxes]
-    polys = [shape("polygon", [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) for x0, y0, x1, y1 in boxes]
-    doc = {"version": LABELME_VERSION, "flags": {}, "shapes": rects + polys,
-           "imagePath": os.path.relpath(image_file, path.parent) if image_file else "",
-           "imageData": None,
-           "imageHeight": height if height > 0 else None,
-           "imageWidth": width if width > 0 else None}
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    lesions = [(label, (x0, y0, x1, y1), [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+               for x0, y0, x1, y1 in boxes]
+    image = os.path.relpath(image_file, path.parent) if image_file else ""
+    text = btxrd.labelme_text(image, width if width > 0 else None, height if height > 0 else None, lesions)
+    path.write_bytes(text.encode("utf-8"))
