@@ -67,6 +67,7 @@ def test_inverse_frequency_weights_balance_the_classes():
     assert float((weights * torch.tensor(counts)).sum() / sum(counts)) == pytest.approx(1.0)
     assert torch.equal(build_loss("weighted_ce", counts).weight, weights)
     assert build_loss("ce", counts).weight is None
+    assert build_loss("focal", counts, 0.5).gamma == 0.5
     with pytest.raises(ValueError, match=r"classes \[1\]"):
         build_loss("weighted_ce", [5, 0, 3])
     with pytest.raises(ValueError, match="unknown loss"):
