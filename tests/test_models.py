@@ -1,12 +1,13 @@
 """Model construction, local weights, Grad-CAM target layers and the checkpoint contract."""
 import pickle
+from dataclasses import asdict, replace
 
 import pytest
 import timm
 import torch
 from torch import nn
 
-from assurexray.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import (
     Family,
     PretrainedWeightsError,
@@ -110,10 +111,12 @@ def test_weights_path_errors(tmp_path):
         build_model("resnet18", 3, weights_path=other)
 
 
-META = {"backbone": "resnet18", "classes": ["Normal", "Benign", "Malignant"], "image_size": 32,
-        "cache_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "dropout": 0.2, "params": {"seed": 1, "train": {"lr": 0.01}}, "split": "stratified",
-        "epoch": 3, "best_val_macro_auc": 0.8}
+META = CheckpointMeta(
+    backbone="resnet18", classes=["Normal", "Benign", "Malignant"], image_size=32, cache_size=64,
+    mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], dropout=0.2,
+    params={"seed": 1, "train": {"lr": 0.01}}, split="stratified", epoch=3, best_val_macro_auc=0.8)
+# A meta as the previous code wrote it: a dict without temperature.
+LEGACY = {k: v for k, v in asdict(META).items() if k != "temperature"}
 
 
 def test_checkpoint_round_trip(tmp_path, batch):
@@ -124,36 +127,56 @@ def test_checkpoint_round_trip(tmp_path, batch):
     assert not loaded.training
     with torch.no_grad():
         assert torch.equal(loaded(batch), model(batch))
-    assert {k: meta[k] for k in META} == META
-    assert meta["git_rev"] and meta["created_at"] and "git_dirty" in meta
+    assert replace(meta, git_rev=None, git_dirty=None, created_at=None) == META
+    assert meta.git_rev and meta.created_at and meta.temperature is None
+    # Stored as plain data: the dataclass as a dict.
+    assert torch.load(path, weights_only=True)["meta"] == asdict(meta)
 
 
-def test_checkpoint_rejects_unsafe_corrupt_and_incomplete_files(tmp_path):
+def test_calibrated_and_legacy_meta_load(tmp_path):
+    model = build_model("resnet18", 3)
+    save_checkpoint(tmp_path / "calibrated.pt", model, replace(META, temperature=1.5))
+    assert load_checkpoint(tmp_path / "calibrated.pt")[1].temperature == 1.5
+    torch.save({"state_dict": model.state_dict(), "meta": LEGACY}, tmp_path / "legacy.pt")
+    assert load_checkpoint(tmp_path / "legacy.pt")[1] == META
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"backbone": "resnet18"}, r"meta lacks \['classes', 'image_size'"),
+    ({**LEGACY, "colour": "red"}, "unknown key 'meta.colour'"),
+    ({**LEGACY, "epoch": "3"}, "'meta.epoch' must be int"),
+    ([1, 2], "meta is a list, not a mapping"),
+])
+def test_checkpoint_meta_errors_name_file_and_key(tmp_path, meta, message):
+    path = tmp_path / "bad.pt"
+    torch.save({"state_dict": build_model("resnet18", 3).state_dict(), "meta": meta}, path)
+    with pytest.raises(CheckpointError, match=f"bad.pt: .*{message}"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_rejects_unsafe_corrupt_and_missing_files(tmp_path):
     model = build_model("resnet18", 3)
     unsafe = tmp_path / "unsafe.pt"
-    torch.save({"state_dict": model.state_dict(), "meta": META, "payload": Exploit()}, unsafe)
+    torch.save({"state_dict": model.state_dict(), "meta": LEGACY, "payload": Exploit()}, unsafe)
     with pytest.raises(CheckpointError, match="Weights only load failed"):
         load_checkpoint(unsafe)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a zip archive")
     with pytest.raises(CheckpointError, match="corrupt.pt"):
         load_checkpoint(corrupt)
-    incomplete = tmp_path / "incomplete.pt"
-    torch.save({"state_dict": model.state_dict(), "meta": {"backbone": "resnet18"}}, incomplete)
-    with pytest.raises(CheckpointError, match="meta lacks"):
-        load_checkpoint(incomplete)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_save_refuses_meta_that_weights_only_cannot_load(tmp_path):
+def test_save_refuses_meta_that_would_not_load(tmp_path):
     import numpy as np
 
     model = build_model("resnet18", 3)
     with pytest.raises(CheckpointError, match=r"meta\.best_val_macro_auc"):
-        save_checkpoint(tmp_path / "m.pt", model, {**META, "best_val_macro_auc": np.float64(0.8)})
-    with pytest.raises(CheckpointError, match="meta lacks"):
-        save_checkpoint(tmp_path / "m.pt", model, {"backbone": "resnet18"})
+        save_checkpoint(tmp_path / "m.pt", model, replace(META, best_val_macro_auc=np.float64(0.8)))
+    with pytest.raises(CheckpointError, match="'meta.image_size' must be int"):
+        save_checkpoint(tmp_path / "m.pt", model, replace(META, image_size=32.0))
+    assert not (tmp_path / "m.pt").exists()
 
 
 class Exploit:

@@ -7,7 +7,15 @@ import yaml
 
 from assurexray.data.sources import SOURCES
 from assurexray.explain.cam import METHODS
-from assurexray.params import DataParams, ExplainParams, Params, ParamsError, TrainParams, load_params, to_dict
+from assurexray.params import (
+    DataParams,
+    ExplainParams,
+    Params,
+    ParamsError,
+    TrainParams,
+    load_params,
+    to_dict,
+)
 from assurexray.training.losses import LOSSES
 
 REPO = Path(__file__).resolve().parents[1]
