@@ -124,12 +124,11 @@ class Family:
 FAMILIES: dict[str, Family] = {}
 
 
-def register_family(family: Family) -> Family:
+def register_family(family: Family) -> None:
     """Add a family to the registry (the name must be new)."""
     if family.name in FAMILIES:
         raise ValueError(f"model family {family.name!r} is already registered")
     FAMILIES[family.name] = family
-    return family
 
 
 def vit_tokens_to_map(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -171,7 +170,8 @@ def cam_layer_name(model: nn.Module) -> str:
     """The dotted name of the Grad-CAM target layer: a late layer with a spatial output.
 
     A registered family names it; any other timm model uses its last ``feature_info`` stage
-    (the deepest spatial features timm itself exposes).
+    (the deepest features timm itself exposes: spatial for CNNs; a transformer outside the
+    registry needs an entry with its ``reshape_transform``).
     """
     family = model_family(model)
     if family is not None:
