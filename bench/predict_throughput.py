@@ -23,7 +23,7 @@ import torch
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor
-from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model, default_device
 
 
@@ -44,13 +44,13 @@ def main() -> None:
         ckpt = args.checkpoint or untrained_checkpoint(load_params(args.params), tmp / "model.pt")
         model, meta = load_checkpoint(ckpt, device)
         files = write_jpegs(tmp / "images", args.n, args.side)
-        shape = (3, meta["image_size"], meta["image_size"])
+        shape = (3, meta.image_size, meta.image_size)
         forward = timed(lambda: raw_forward(model, args.n, args.batch_size, shape, device), device)
         predictor = Predictor(model, meta, ckpt, args.batch_size, args.workers)
         predict = timed(lambda: sum(1 for _ in predictor.predict(files)), device)
     result = {"device": str(device), "torch_threads": torch.get_num_threads(),
-              "backbone": meta["backbone"], "image_size": meta["image_size"],
-              "cache_size": meta["cache_size"], "n_images": args.n, "jpeg_side": args.side,
+              "backbone": meta.backbone, "image_size": meta.image_size,
+              "cache_size": meta.cache_size, "n_images": args.n, "jpeg_side": args.side,
               "batch_size": args.batch_size, "workers": args.workers,
               "forward_images_per_s": args.n / forward, "predict_images_per_s": args.n / predict}
     result["predict_over_forward"] = result["predict_images_per_s"] / result["forward_images_per_s"]
@@ -62,11 +62,11 @@ def main() -> None:
 
 def untrained_checkpoint(params, path: Path) -> Path:
     model = build_model(params.model.backbone, 3, pretrained=False)
-    save_checkpoint(path, model, {
-        "backbone": params.model.backbone, "classes": ["Normal", "Benign", "Malignant"],
-        "image_size": params.train.image_size, "cache_size": params.preprocess.cache_size,
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dropout": params.model.dropout,
-        "params": to_dict(params), "split": params.split, "epoch": 0, "best_val_macro_auc": 0.0})
+    save_checkpoint(path, model, CheckpointMeta(
+        backbone=params.model.backbone, classes=["Normal", "Benign", "Malignant"],
+        image_size=params.train.image_size, cache_size=params.preprocess.cache_size,
+        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=params.model.dropout,
+        params=to_dict(params), split=params.split, epoch=0, best_val_macro_auc=0.0))
     return path
 
 

@@ -1,6 +1,7 @@
 """Calibrate stage: temperature scaling fitted on validation logits, checked on test."""
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from assurexray.console import run_main
@@ -22,16 +23,16 @@ def main() -> None:
     model, meta = load_checkpoint(args.model, "cpu")
     val, test = (read_predictions(args.predictions / f"{p}.csv") for p in ("val", "test"))
     for preds, name in ((val, "val"), (test, "test")):
-        if preds.classes != meta["classes"]:
+        if preds.classes != meta.classes:
             raise ValueError(f"{args.predictions / name}.csv: classes {preds.classes} differ from "
-                             f"the model's {meta['classes']}; rerun the evaluate stage")
+                             f"the model's {meta.classes}; rerun the evaluate stage")
     report = temperature_scaling_report(val.logits, val.y_true, test.logits, test.y_true, n_bins)
     write_json(args.metrics, report)
     rows = reliability_rows(test.logits, test.y_true, n_bins, report["temperature"])
     write_json(args.plots / "reliability.json", rows)
     plot_reliability(rows, f"Reliability (test), T = {report['temperature']:.2f}",
                      args.plots / "reliability.png")
-    save_checkpoint(args.out_model, model, {**meta, "temperature": report["temperature"]})
+    save_checkpoint(args.out_model, model, replace(meta, temperature=report["temperature"]))
     log.info("T = %.3f; test ECE %.3f -> %.3f, NLL %.3f -> %.3f", report["temperature"],
              report["test"]["before"]["ece"], report["test"]["after"]["ece"],
              report["test"]["before"]["nll"], report["test"]["after"]["nll"])

@@ -28,9 +28,9 @@ def main() -> None:
     ex = params.explain
     model, meta, cache, transform, _ = load_for_inference(args.model, args.cache)
     preds = read_predictions(args.predictions)
-    if preds.classes != meta["classes"]:
+    if preds.classes != meta.classes:
         raise AssureXRayError(f"{args.predictions}: classes {preds.classes} differ from the model's "
-                               f"{meta['classes']}; rerun the evaluate stage")
+                               f"{meta.classes}; rerun the evaluate stage")
 
     # Localization over every test image with a cached lesion annotation.
     annotated = np.array([bool(cache.lesions(i)) for i in preds.image_ids])
@@ -41,8 +41,8 @@ def main() -> None:
                                "there is nothing to localize (does the data source provide boxes?)")
     cams_true, cams_pred = cam.true_and_predicted_cams(model, cache, ids, y_true, y_pred,
                                                        transform, ex.method, ex.batch_size)
-    lesions, content = localization.model_frame_annotations(cache, ids, meta["image_size"])
-    truth = ([meta["classes"][t] for t in y_true], list(y_true == y_pred), meta["classes"])
+    lesions, content = localization.model_frame_annotations(cache, ids, meta.image_size)
+    truth = ([meta.classes[t] for t in y_true], list(y_true == y_pred), meta.classes)
     localization_metrics = {
         target: localization.localization_summary(maps, lesions, content, ex.cam_threshold, *truth)
         for target, maps in (("true_class", cams_true), ("predicted_class", cams_pred))}
@@ -52,7 +52,7 @@ def main() -> None:
                            params.seed)
 
     cases = gallery.select_cases(preds, ex.per_class)
-    gallery.write_gallery(model, cache, transform, cases, meta["classes"], args.gallery,
+    gallery.write_gallery(model, cache, transform, cases, meta.classes, args.gallery,
                           ex.method, ex.batch_size)
     metrics = {"method": ex.method, "cam_threshold": ex.cam_threshold,
                "n_test": len(preds.image_ids), "n_annotated": len(ids),

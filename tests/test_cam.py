@@ -14,10 +14,16 @@ from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.explain import cam, gallery, localization
-from assurexray.training.models import build_model
+from assurexray.training.models import FAMILIES, build_model, cam_reshape_transform, cam_target_layer
 
-BACKBONES = ["efficientnet_b0", "resnet18", "resnet50", "densenet121", "convnext_atto",
-             "mobilenetv3_small_100"]
+# One tiny model per registered family (input side, CAM-layer grid side), plus a timm family
+# that is not registered and gets its layer from feature_info.
+FAMILY_EXAMPLES = {"efficientnet": ("efficientnet_b0", 64, 2), "resnet": ("resnet18", 64, 2),
+                   "densenet": ("densenet121", 64, 2), "convnext": ("convnext_atto", 64, 2),
+                   "mobilenetv3": ("mobilenetv3_small_100", 64, 2),
+                   "vit": ("vit_tiny_patch16_224", 224, 14),
+                   "swin": ("swin_tiny_patch4_window7_224", 224, 7)}
+UNREGISTERED = ("regnetx_002", 64, 2)
 
 
 def _hooks(model: nn.Module) -> int:
@@ -30,13 +36,27 @@ def batch() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_cam_shape_range_and_hooks_released(backbone, batch):
+def test_every_registered_family_has_an_example():
+    assert set(FAMILY_EXAMPLES) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("backbone, side, grid", [*FAMILY_EXAMPLES.values(), UNREGISTERED],
+                         ids=[*FAMILY_EXAMPLES, "feature_info"])
+def test_cam_shape_range_and_hooks_released(backbone, side, grid):
     torch.manual_seed(0)
     model = build_model(backbone, num_classes=3, pretrained=False)
+    inputs = torch.randn(2, 3, side, side)
+    # The target layer's output, as the CAM sees it: spatial, not after global pooling.
+    reshape = cam_reshape_transform(model) or (lambda x: x)
+    seen = []
+    handle = cam_target_layer(model).register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        assert model.eval()(inputs).shape == (2, 3)
+    handle.remove()
+    assert reshape(seen[0]).shape[0] == 2 and reshape(seen[0]).shape[-2:] == (grid, grid)
     model.train()
-    maps = cam.compute_cams(model, batch, [0, 2], "gradcam")
-    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    maps = cam.compute_cams(model, inputs, [0, 2], "gradcam")
+    assert maps.shape == (2, side, side) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     assert _hooks(model) == 0
     assert model.training                           # mode restored

@@ -1,10 +1,22 @@
 """The params loader stops on unknown keys and wrong types, naming the key."""
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from assurexray.params import Params, ParamsError, load_params, to_dict
+from assurexray.data.sources import SOURCES
+from assurexray.explain.cam import METHODS
+from assurexray.params import (
+    DataParams,
+    ExplainParams,
+    Params,
+    ParamsError,
+    TrainParams,
+    load_params,
+    to_dict,
+)
+from assurexray.training.losses import LOSSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +38,15 @@ def test_repository_params_list_every_key():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert raw == to_dict(load_params(REPO / "params.yaml"))
     assert set(raw) == set(to_dict(Params()))
+
+
+@pytest.mark.parametrize("schema, key, registry", [
+    (DataParams, "source", SOURCES), (TrainParams, "loss", LOSSES), (ExplainParams, "method", METHODS),
+])
+def test_literal_choices_are_the_registry_keys(schema, key, registry):
+    """params.py is a base module and cannot import the wings: its choices are checked here."""
+    choices = typing.get_args(typing.get_type_hints(schema)[key])
+    assert set(choices) == set(registry)
 
 
 @pytest.mark.parametrize("data, key", [

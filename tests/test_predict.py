@@ -19,7 +19,7 @@ from assurexray.data.datasets import CachedDataset
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from assurexray.inference.runner import predict_logits
-from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -29,10 +29,10 @@ CACHE_SIZE, IMAGE_SIZE = 64, 48
 def make_checkpoint(path: Path, **extra) -> Path:
     torch.manual_seed(0)
     model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
-    meta = {"backbone": "mobilenetv3_small_100", "classes": CLASSES, "image_size": IMAGE_SIZE,
-            "cache_size": CACHE_SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "dropout": 0.0, "params": {}, "split": "stratified", "epoch": 1,
-            "best_val_macro_auc": 0.5, **extra}
+    meta = CheckpointMeta(backbone="mobilenetv3_small_100", classes=CLASSES, image_size=IMAGE_SIZE,
+                          cache_size=CACHE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                          dropout=0.0, params={}, split="stratified", epoch=1,
+                          best_val_macro_auc=0.5, **extra)
     save_checkpoint(path, model, meta)
     return path
 
@@ -92,7 +92,7 @@ def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_p
     build_cache(index, quality, CACHE_SIZE, tmp_path / "cache")
     model, meta = load_checkpoint(checkpoint)
     dataset = CachedDataset(ImageCache(tmp_path / "cache"), ids, None,
-                            eval_transform(meta["image_size"], meta["mean"], meta["std"]))
+                            eval_transform(meta.image_size, meta.mean, meta.std))
     expected = softmax(predict_logits(model, dataset, 2, "cpu").astype(np.float64), axis=1)
 
     code, records = predict(capsys, *[images[i] for i in ids], "--checkpoint", checkpoint,

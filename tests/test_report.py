@@ -23,7 +23,7 @@ from assurexray.explain.cam import road_summary
 from assurexray.explain.localization import grouped_summary, score_cam
 from assurexray.params import Params, to_dict
 from assurexray.reporting.report import SYNTHETIC_BANNER, fmt, load_inputs, render_model_card, render_report
-from assurexray.training.checkpoint import save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, save_checkpoint
 from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,10 +165,10 @@ TRAIN = {"train_loss": 0.61234, "val_loss": 0.7, "val_macro_auc": 0.79, "val_acc
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
-    meta = {"backbone": "mobilenetv3_small_100", "classes": CLASSES, "image_size": 160,
-            "cache_size": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "dropout": 0.0, "params": to_dict(Params()), "split": "stratified", "epoch": 8,
-            "best_val_macro_auc": 0.8011, "temperature": 1.7321}
+    meta = CheckpointMeta(backbone="mobilenetv3_small_100", classes=CLASSES, image_size=160,
+                          cache_size=256, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                          dropout=0.0, params=to_dict(Params()), split="stratified", epoch=8,
+                          best_val_macro_auc=0.8011, temperature=1.7321)
     path = tmp_path_factory.mktemp("model") / "calibrated.pt"
     save_checkpoint(path, model, meta)
     return path

@@ -22,7 +22,7 @@ from assurexray.inference.robustness import (
     evaluate_robustness,
     plot_robustness,
 )
-from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +188,9 @@ def run_stage(name: str, *args: str) -> None:
     sys.argv = [str(script), *args]
     try:
         runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:  # run_main ends every stage with sys.exit: only a failure counts
+        if exc.code:
+            raise
     finally:
         sys.argv = saved
 
@@ -205,10 +208,10 @@ def project(tmp_path_factory):
     (root / "params.yaml").write_text("robustness:\n  severities: 1\nevaluate:\n  batch_size: 4\n")
     torch.manual_seed(0)
     model = build_model("resnet18", len(CLASSES), dropout=0.0)
-    save_checkpoint(root / "model.pt", model, {
-        "backbone": "resnet18", "classes": CLASSES, "image_size": 32, "cache_size": SIZE,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dropout": 0.0,
-        "params": {}, "split": "stratified", "epoch": 0, "best_val_macro_auc": 0.5})
+    save_checkpoint(root / "model.pt", model, CheckpointMeta(
+        backbone="resnet18", classes=CLASSES, image_size=32, cache_size=SIZE,
+        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], dropout=0.0,
+        params={}, split="stratified", epoch=0, best_val_macro_auc=0.5))
     run_stage("evaluate", "--params", str(root / "params.yaml"), "--model", str(root / "model.pt"),
               "--cache", str(root / "cache"), "--splits", str(splits),
               "--predictions", str(root / "predictions"), "--metrics", str(root / "evaluate.json"),
@@ -237,7 +240,7 @@ def test_calibrate_stage_stores_the_temperature(project):
               "--metrics", str(project / "calibration.json"), "--plots", str(project / "plots_cal"))
     report = json.loads((project / "calibration.json").read_text())
     _, meta = load_checkpoint(project / "calibrated.pt")
-    assert meta["temperature"] == pytest.approx(report["temperature"]) and meta["temperature"] > 0
+    assert meta.temperature == pytest.approx(report["temperature"]) and meta.temperature > 0
     assert report["val"]["after"]["nll"] <= report["val"]["before"]["nll"] + 1e-9
     rows = json.loads((project / "plots_cal" / "reliability.json").read_text())
     assert sum(r["count"] for r in rows if r["calibration"] == "after") == 9

@@ -139,6 +139,8 @@ def test_unique_ids_are_sanitized_stable_and_collision_free():
 
 def test_prepare_source_names_the_params_key_to_set(tmp_path):
     params = load_params(REPO / "params.yaml")
+    with pytest.raises(sources.SourceError, match=r"'data\.source' = 'nowhere'"):
+        sources.prepare_source(with_data(params, source="nowhere"), tmp_path)
     with pytest.raises(sources.SourceError, match=r"data\.btxrd_dir\.path"):
         sources.prepare_source(with_data(params, source="btxrd_dir"), tmp_path)
     missing = dataclasses.replace(params.data.manifest, path=str(tmp_path / "nope.csv"))

@@ -36,7 +36,7 @@ from assurexray.data.imageio import ImageReadError, read_image
 from assurexray.data.transforms import eval_transform
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.runner import predict_logits
-from assurexray.training.checkpoint import CheckpointError, load_checkpoint
+from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from assurexray.training.models import default_device
 
 log = logging.getLogger(__name__)
@@ -89,20 +89,20 @@ def run(args: argparse.Namespace) -> int:
 class Predictor:
     """A loaded checkpoint and its preprocessing, classifying files batch by batch."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict, checkpoint_path: Path,
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, checkpoint_path: Path,
                  batch_size: int, workers: int = 1):
         self.model, self.meta = model, meta
-        self.classes = list(meta["classes"])
-        self.transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+        self.classes = list(meta.classes)
+        self.transform = eval_transform(meta.image_size, meta.mean, meta.std)
         self.batch_size, self.workers = batch_size, max(1, workers)
         self.device = next(model.parameters()).device
-        self.identity = {"path": str(checkpoint_path), "backbone": meta["backbone"],
-                         "git_rev": meta["git_rev"], "split": meta["split"]}
+        self.identity = {"path": str(checkpoint_path), "backbone": meta.backbone,
+                         "git_rev": meta.git_rev, "split": meta.split}
 
     def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
         """(model input, letterboxed image), or the reason the file cannot be read."""
         try:
-            boxed, *_ = letterbox(read_image(path), self.meta["cache_size"])
+            boxed, *_ = letterbox(read_image(path), self.meta.cache_size)
         except ImageReadError as exc:
             return exc.reason
         return self.transform(image=boxed)["image"], boxed
@@ -142,8 +142,8 @@ class Predictor:
         probs = softmax(logits.astype(np.float64))
         record = {"file": str(path), "pred": self.classes[int(np.argmax(logits))],
                   "probs": dict(zip(self.classes, map(float, probs)))}
-        if self.meta.get("temperature") is not None:
-            calibrated = softmax(logits.astype(np.float64) / self.meta["temperature"])
+        if self.meta.temperature is not None:
+            calibrated = softmax(logits.astype(np.float64) / self.meta.temperature)
             record["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
         record["checkpoint"] = self.identity
         return record

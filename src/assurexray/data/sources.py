@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,27 +40,67 @@ class SourceError(AssureXRayError, ValueError):
     """A source cannot be read; the message names the file or the params key to fix."""
 
 
+# The data source registry (params.data.source): name -> reader(params, raw_dir) giving
+# (index, notes, info); raw files it writes go under raw_dir.
+SourceReader = Callable[[Params, Path], tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]]
+SOURCES: dict[str, SourceReader] = {}
+
+
+def register_source(name: str) -> Callable[[SourceReader], SourceReader]:
+    """Decorator adding a source reader under ``name``."""
+    def add(reader: SourceReader) -> SourceReader:
+        if name in SOURCES:
+            raise ValueError(f"data source {name!r} is already registered")
+        SOURCES[name] = reader
+        return reader
+    return add
+
+
 def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
     """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``."""
-    data = params.data
+    source = params.data.source
+    if source not in SOURCES:
+        raise SourceError(f"params key 'data.source' = {source!r}: expected one of "
+                          f"{', '.join(SOURCES)}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    if data.source == "manifest":
-        path = _configured_path(data.manifest.path, "data.manifest.path", "a CSV or a folder per class")
-        index, notes, classes = read_manifest(path, raw_dir)
-        return index, notes, DatasetInfo(data.source, classes, str(path))
-    if data.source == "synthetic":
-        s = data.synthetic
-        root = generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
-                                       defects=s.defects, min_side=s.min_side, max_side=s.max_side)
-    elif data.source == "btxrd":
-        cache_dir = Path(data.btxrd.cache_dir) if data.btxrd.cache_dir else download.default_cache_dir()
-        root = download.fetch_and_extract(data.btxrd, raw_dir, cache_dir)
-    else:
-        root = _configured_path(data.btxrd_dir.path, "data.btxrd_dir.path",
-                                "a folder holding images/, Annotations/, dataset.xlsx")
+    return SOURCES[source](params, raw_dir)
+
+
+@register_source("manifest")
+def _manifest(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    path = _configured_path(params.data.manifest.path, "data.manifest.path",
+                            "a CSV or a folder per class")
+    index, notes, classes = read_manifest(path, raw_dir)
+    return index, notes, DatasetInfo("manifest", classes, str(path))
+
+
+@register_source("synthetic")
+def _synthetic(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    s = params.data.synthetic
+    root = generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
+                                   defects=s.defects, min_side=s.min_side, max_side=s.max_side)
+    return _btxrd_layout("synthetic", root)
+
+
+@register_source("btxrd")
+def _btxrd(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    config = params.data.btxrd
+    cache_dir = Path(config.cache_dir) if config.cache_dir else download.default_cache_dir()
+    return _btxrd_layout("btxrd", download.fetch_and_extract(config, raw_dir, cache_dir))
+
+
+@register_source("btxrd_dir")
+def _btxrd_dir(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    root = _configured_path(params.data.btxrd_dir.path, "data.btxrd_dir.path",
+                            "a folder holding images/, Annotations/, dataset.xlsx")
+    return _btxrd_layout("btxrd_dir", root)
+
+
+def _btxrd_layout(source: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    """The BTXRD release layout (the twin mirrors it): one ingest for three sources."""
     index, notes = btxrd.ingest_btxrd_dir(root)
-    return index, notes, DatasetInfo(data.source, list(btxrd.CLASSES), str(root))
+    return index, notes, DatasetInfo(source, list(btxrd.CLASSES), str(root))
 
 
 def _configured_path(value: str | None, key: str, what: str) -> Path:

@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from assurexray.console import progress
 from assurexray.data.datasets import CachedDataset
-from assurexray.training.models import cam_target_layer
+from assurexray.training.models import cam_reshape_transform, cam_target_layer
 
-# EigenCAM (first principal component of the activations) ignores the target class.
+# The CAM method registry (params.explain.method, `assurexray predict --cam-method`): name ->
+# pytorch-grad-cam class. EigenCAM (first principal component of the activations) ignores the
+# target class.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
            "eigencam": EigenCAM}
 
@@ -38,7 +40,8 @@ def compute_cams(model: torch.nn.Module, inputs: torch.Tensor, target_classes: S
     was_training = model.training          # the CAM switches the model to eval mode
     maps = None
     try:
-        with METHODS[method](model=model, target_layers=[cam_target_layer(model)]) as cam:
+        with METHODS[method](model=model, target_layers=[cam_target_layer(model)],
+                             reshape_transform=cam_reshape_transform(model)) as cam:
             maps = cam(input_tensor=inputs.to(device), targets=targets)
     finally:
         model.zero_grad(set_to_none=True)

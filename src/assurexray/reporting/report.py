@@ -21,7 +21,7 @@ from typing import Any
 from assurexray import NOT_FOR_CLINICAL_USE, __version__
 from assurexray.errors import AssureXRayError
 from assurexray.params import Params
-from assurexray.training.checkpoint import load_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def read_checkpoint_meta(path: str | Path) -> Source:
     except ValueError as exc:  # CheckpointError, or a backbone this timm does not know
         log.warning("%s", exc)
         return Source(name, None, "unreadable (not a valid checkpoint)")
-    return Source(name, _wrap(meta, name))
+    return Source(name, meta)
 
 
 @dataclass(frozen=True)
@@ -343,29 +343,29 @@ def partition_lines(split: dict, partitions: tuple[str, ...]) -> list[str]:
 
 # --------------------------------------------------------------------------- model card
 
-def model_details(meta: dict) -> list[str]:
-    params = meta["params"]
+def model_details(meta: CheckpointMeta) -> list[str]:
+    params = meta.params
     train = params.get("train") or {}
     model = params.get("model") or {}
     tree = {None: "", True: " (uncommitted changes present)", False: " (clean tree)"}
     return [
-        f"- Model: image classifier, backbone `{meta['backbone']}` (timm), dropout "
-        f"{plain(meta['dropout'])}; ImageNet-pretrained start: {plain(model.get('pretrained'))}.",
-        f"- Output classes (model order): {plain(meta['classes'])}.",
-        f"- Input: grayscale radiograph letterboxed to {meta['cache_size']} px (cache), resized "
-        f"to {meta['image_size']} x {meta['image_size']} px, 3 channels, normalized with mean "
-        f"{plain([round(v, 3) for v in meta['mean']])} and std "
-        f"{plain([round(v, 3) for v in meta['std']])}.",
+        f"- Model: image classifier, backbone `{meta.backbone}` (timm), dropout "
+        f"{plain(meta.dropout)}; ImageNet-pretrained start: {plain(model.get('pretrained'))}.",
+        f"- Output classes (model order): {plain(meta.classes)}.",
+        f"- Input: grayscale radiograph letterboxed to {meta.cache_size} px (cache), resized "
+        f"to {meta.image_size} x {meta.image_size} px, 3 channels, normalized with mean "
+        f"{plain([round(v, 3) for v in meta.mean])} and std "
+        f"{plain([round(v, 3) for v in meta.std])}.",
         f"- Training parameters: {plain(train) if train else 'not recorded in the checkpoint'}; "
         f"seed {plain(params.get('seed'))}.",
-        f"- Selected epoch: {meta['epoch'] + 1} (best validation macro AUC "
-        f"{num(meta['best_val_macro_auc'])}).",
-        f"- Split: {meta['split']}.",
-        "- Calibration: " + (f"temperature {num(meta['temperature'])} (fitted on validation)."
-                             if "temperature" in meta else "none in this checkpoint."),
-        f"- Provenance: git revision `{meta['git_rev']}`"
-        + tree[meta["git_dirty"]]
-        + f", created {meta['created_at']}; AssureXRay {__version__}.",
+        f"- Selected epoch: {meta.epoch + 1} (best validation macro AUC "
+        f"{num(meta.best_val_macro_auc)}).",
+        f"- Split: {meta.split}.",
+        "- Calibration: " + (f"temperature {num(meta.temperature)} (fitted on validation)."
+                             if meta.temperature is not None else "none in this checkpoint."),
+        f"- Provenance: git revision `{meta.git_rev}`"
+        + tree[meta.git_dirty]
+        + f", created {meta.created_at}; AssureXRay {__version__}.",
         "- Questions and issues: the project's issue tracker.", ""]
 
 

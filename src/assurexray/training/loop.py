@@ -34,7 +34,7 @@ from assurexray.evaluation import metrics
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.params import Params, TrainParams, to_dict
 from assurexray.training import losses, models
-from assurexray.training.checkpoint import atomic_save
+from assurexray.training.checkpoint import CheckpointMeta, atomic_save
 from assurexray.training.losses import build_loss
 from assurexray.training.models import build_model, default_device
 
@@ -64,7 +64,7 @@ class TrainState:
 
 def train_classifier(params: Params, cache, classes: list[str], train: SplitData,
                      val: SplitData, resume_dir: str | Path, live_dir: str | Path
-                     ) -> tuple[nn.Module, dict]:
+                     ) -> tuple[nn.Module, CheckpointMeta]:
     """Train on ``train``, select on ``val``; return the best model (CPU) and checkpoint meta."""
     tp, mp = params.train, params.model
     if len(train.image_ids) < 2 or tp.epochs < 1:
@@ -89,10 +89,11 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     best_state, state = fit(model, criterion, train_loader, val_loader, tp, params.seed, device,
                             Path(resume_dir) / RESUME_FILE, live_dir, fingerprint)
     model.load_state_dict(best_state)
-    meta = {"backbone": mp.backbone, "classes": list(classes), "image_size": tp.image_size,
-            "cache_size": cache_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "dropout": mp.dropout, "params": to_dict(params), "split": params.split,
-            "epoch": state.best_epoch, "best_val_macro_auc": state.best_metric}
+    meta = CheckpointMeta(
+        backbone=mp.backbone, classes=list(classes), image_size=tp.image_size,
+        cache_size=cache_size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+        dropout=mp.dropout, params=to_dict(params), split=params.split,
+        epoch=state.best_epoch, best_val_macro_auc=state.best_metric)
     return model.cpu().eval(), meta
 
 
