@@ -22,7 +22,10 @@ from assurexray.evaluation.subgroups import subgroup_table, summarize_subgroups
 from assurexray.explain.cam import road_summary
 from assurexray.explain.localization import grouped_summary, score_cam
 from assurexray.params import Params, to_dict
-from assurexray.reporting.report import SYNTHETIC_BANNER, fmt, load_inputs, render_model_card, render_report
+from assurexray.reporting.inputs import load_inputs
+from assurexray.reporting.model_card import render_model_card
+from assurexray.reporting.render import SYNTHETIC_BANNER, ci
+from assurexray.reporting.report import render_report
 from assurexray.training.checkpoint import save_checkpoint
 from assurexray.training.models import build_model
 
@@ -221,7 +224,7 @@ def test_no_synthetic_banner_for_real_data(tmp_path, checkpoint):
 
 def test_figures_come_from_the_files(project):
     card, report = render(project)
-    macro_auc = fmt(ANALYSIS["test"]["macro_auc"])
+    macro_auc = ci(ANALYSIS["test"]["macro_auc"])
     assert macro_auc == "0.812 (0.771-0.852)"
     assert macro_auc in card and macro_auc in report
     # audit reconciliation, temperature and ECE, training, git revision, robustness, Grad-CAM
@@ -285,7 +288,7 @@ def test_missing_files_and_keys_give_explicit_lines(project):
     assert "subgroups.csv missing: run `dvc repro`" in report
     assert "analysis.json has no key 'operating_points'" in report
     assert "no_model.pt missing: run `dvc repro`" in card
-    assert fmt(ANALYSIS["test"]["macro_auc"]) in report  # sections that can still render do
+    assert ci(ANALYSIS["test"]["macro_auc"]) in report  # sections that can still render do
     for doc in (card, report):
         assert not PLACEHOLDERS.search(doc)
 
