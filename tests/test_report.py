@@ -240,7 +240,7 @@ def test_figures_come_from_the_files(project):
     # published references are present and labelled as such
     for doc in (card, report):
         assert "published references, not results of this run" in doc
-        assert "macro AUC 0.627 (0.594-0.658)" in doc
+        assert "| malignant recall 0.839, precision 0.734 | doi 10.1038/s41597-024-04311-y |" in doc
 
 
 def test_operating_point_targets_missed_are_reported(project):
@@ -368,3 +368,18 @@ def test_stage_writes_both_documents(project, tmp_path):
     assert card.startswith("# AssureXRay model card") and SYNTHETIC_BANNER in report
     assert "![roc](../plots/evaluate/roc.png)" in report
     assert "not available: nothing" in done.stderr
+
+
+def test_explain_without_annotated_images_is_stated(project):
+    """The explain stage writes n_annotated 0 and null localization/ROAD sections when no
+    test image has a usable annotation: both documents say so instead of failing."""
+    explain = {**METRICS["explain.json"], "n_annotated": 0, "localization": None,
+               "faithfulness": {"road": None}}
+    (project["metrics_dir"] / "explain.json").write_text(json.dumps(explain))
+    card, report = render(project)
+    for doc in (card, report):
+        assert "gradcam: no test image has a usable lesion annotation (n_annotated 0)" in doc
+        assert "Grad-CAM localization and faithfulness were not measured" in doc
+        assert "not available" not in doc.lower() and not PLACEHOLDERS.search(doc)
+    assert "Faithfulness (ROAD): not measured (no annotated test image)." in report
+    assert "**CAM of the true class**" not in report

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from functools import cache
+from functools import cache, wraps
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined, Undefined
 
 from assurexray import NOT_FOR_CLINICAL_USE
 
@@ -79,7 +79,17 @@ def cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-FILTERS = {f.__name__: f for f in (num, ci, signed, short, percent, plain, cell)}
+def strict(f):
+    """The filter ``f`` failing on an undefined value: ``num`` would print it as 'n/a'."""
+    @wraps(f)
+    def checked(value, *args):
+        if isinstance(value, Undefined):
+            value._fail_with_undefined_error()
+        return f(value, *args)
+    return checked
+
+
+FILTERS = {f.__name__: strict(f) for f in (num, ci, signed, short, percent, plain, cell)}
 
 
 # --------------------------------------------------------------------------- environment
