@@ -98,7 +98,7 @@ FILTERS = {f.__name__: strict(f) for f in (num, ci, signed, short, percent, plai
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("assurexray.reporting", "templates"),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                      keep_trailing_newline=True, autoescape=False)
+                      keep_trailing_newline=True, autoescape=False)  # Markdown, not HTML
     env.filters.update(FILTERS)
     env.globals.update(NOT_FOR_CLINICAL_USE=NOT_FOR_CLINICAL_USE, SYNTHETIC_BANNER=SYNTHETIC_BANNER)
     return env

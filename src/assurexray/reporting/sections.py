@@ -68,8 +68,9 @@ def document_header(title: str, inputs: Inputs) -> dict:
     """The shared header plus the data-source line of the card and the report."""
     info = inputs.info
     source = info.data.get("source") if info.available else None
-    return {"header": header(title, GENERATOR, "the pipeline's metrics files", source,
-                             f"{info.path} {info.problem}: run `dvc repro`"),
+    why = (f"{info.path} has no key 'source'" if info.available
+           else f"{info.path} {info.problem}: run `dvc repro`")
+    return {"header": header(title, GENERATOR, "the pipeline's metrics files", source, why),
             "info": {"source": info.data.get("source", "unknown"),
                      "classes": info.data.get("classes", [])} if info.available else None}
 
