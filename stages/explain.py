@@ -13,6 +13,7 @@ from assurexray.evaluation.predictions import read_predictions, write_json
 from assurexray.explain import cam, gallery, localization
 from assurexray.inference.runner import load_for_inference
 from assurexray.params import load_params
+from assurexray.reporting.render import header, render
 
 log = logging.getLogger("explain")
 
@@ -60,10 +61,11 @@ def main() -> None:
                "faithfulness": {"road": cam.road_summary(road, ex.road_percentiles)},
                "gallery": {"n_images": len(cases)}}
     write_json(args.metrics, metrics)
-    synthetic = DatasetInfo.load(args.info).source == "synthetic"
     args.summary.parent.mkdir(parents=True, exist_ok=True)
-    args.summary.write_text(gallery.summary_markdown(metrics, cases, args.gallery, args.summary,
-                                                     synthetic))
+    args.summary.write_text(render(
+        "gradcam_summary.md.j2", **gallery.summary_context(metrics, cases, args.gallery, args.summary),
+        header=header("Grad-CAM summary", "the explain stage (`stages/explain.py`, `dvc repro explain`)",
+                      "`metrics/explain.json`", DatasetInfo.load(args.info).source)))
     overall = localization_metrics["true_class"]["overall"]
     log.info("true-class CAM on %d images: pointing game %.3f (chance %.3f), energy %.3f, "
              "ROAD combined %.3f", overall["n"], overall["pointing_game"], overall["chance"],
