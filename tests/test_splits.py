@@ -10,6 +10,7 @@ import yaml
 
 from assurexray.data import btxrd
 from assurexray.data.audit import run_audit
+from assurexray.data.cache import build_cache
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, read_quality, write_index
 from assurexray.data.splits import SplitError, assign_groups, make_split, split_metrics, write_split
 from assurexray.params import AuditParams
@@ -143,6 +144,29 @@ def test_index_and_quality_must_list_the_same_images():
     index = index_of([{"image_id": "a"}, {"image_id": "b"}])
     with pytest.raises(ValueError, match="only in the index"):
         assign_groups(index, quality_of(index.iloc[:1]))
+
+
+def test_a_repeated_id_excluded_by_the_audit_lets_split_and_preprocess_run(tiny_twin, tmp_path):
+    index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
+    usable_twin = run_audit(index, notes, DatasetInfo("synthetic", CLASSES, str(tiny_twin)),
+                            AuditParams()).quality.query("usable")
+    repeated = usable_twin["image_id"].iloc[0]
+    # a metadata table naming one image twice: two index rows share the id
+    index = pd.concat([index, index[index["image_id"] == repeated]], ignore_index=True)
+    quality = run_audit(index, notes, DatasetInfo("synthetic", CLASSES, str(tiny_twin)),
+                        AuditParams()).quality
+    assert not quality.loc[quality["image_id"] == repeated, "usable"].any()
+    frame = split_of(index, quality)
+    assert repeated not in set(frame["image_id"]) and len(frame) == len(usable_twin) - 1
+    assert split_metrics(frame, quality, CLASSES)["images"]["excluded"] == (~quality["usable"]).sum()
+    meta = build_cache(index, quality, 32, tmp_path / "cache")
+    assert sorted(meta["image_id"]) == sorted(frame["image_id"])
+
+
+def test_a_repeated_usable_id_is_refused():
+    index = index_of([{"image_id": "a"}, {"image_id": "a"}, {"image_id": "b"}])
+    with pytest.raises(ValueError, match=r"repeats usable image ids \['a'\]"):
+        assign_groups(index, quality_of(index))
 
 
 def test_read_quality_parses_usable(tmp_path):

@@ -24,7 +24,7 @@ import pandas as pd
 from assurexray.console import progress
 from assurexray.data import btxrd
 from assurexray.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from assurexray.data.schema import usable_index
+from assurexray.data.schema import quality_by_id, usable_index
 from assurexray.errors import AssureXRayError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _decoded(items: list[tuple[str, str]], decode, workers: int):
 
 def _annotation_usable(rows: pd.DataFrame, quality: pd.DataFrame) -> np.ndarray:
     """Per row: may localization use its annotation (the audit's verdict)?"""
-    return rows["image_id"].map(quality.set_index("image_id")["annotation_usable"]).to_numpy(bool)
+    return rows["image_id"].map(quality_by_id(quality)["annotation_usable"]).to_numpy(bool)
 
 
 def cached_lesions(rows: pd.DataFrame, meta: pd.DataFrame) -> dict[str, list[dict]]:

@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from assurexray.data.schema import check_aligned, usable_index
+from assurexray.data.schema import check_aligned, quality_by_id, usable_index
 from assurexray.errors import AssureXRayError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def assign_groups(index: pd.DataFrame, quality: pd.DataFrame) -> pd.Series:
     """
     check_aligned(index, quality)
     rows = index.sort_values("image_id").reset_index(drop=True)
-    dup = rows["image_id"].map(quality.set_index("image_id")["dup_cluster"]).fillna("")
+    dup = rows["image_id"].map(quality_by_id(quality)["dup_cluster"]).fillna("")
     base = _source_groups(rows) if (rows["group"] != "").any() else _run_groups(rows)
     component = _link(len(rows), [base, dup])
     usable = rows["image_id"].isin(quality.loc[quality["usable"].astype(bool), "image_id"])
@@ -183,7 +183,7 @@ def split_metrics(frame: pd.DataFrame, quality: pd.DataFrame, classes: list[str]
             "by_center": {str(c): int(n)
                           for c, n in part["center"].value_counts().sort_index().items()},
         }
-    dup = placed["image_id"].map(quality.set_index("image_id")["dup_cluster"]).fillna("")
+    dup = placed["image_id"].map(quality_by_id(quality)["dup_cluster"]).fillna("")
     in_cluster = dup != ""
     metrics["leakage"] = {
         "groups_crossing_partitions": _crossing(placed["group"], placed["partition"]),
