@@ -290,10 +290,26 @@ def test_center_split_withholds_train_images_duplicated_in_test():
     check_center(frame, quality, {"1"})
 
 
-@pytest.mark.parametrize("centers,empty", [((1, 2, 3), "test"), ((7,), "train")])
-def test_center_split_rejects_an_empty_partition(synthetic_case, centers, empty):
+def test_center_split_rejects_an_empty_test_partition(synthetic_case):
     index, quality = synthetic_case
-    with pytest.raises(SplitError, match=f"leave the {empty} partition empty"):
+    with pytest.raises(SplitError, match="leave the test partition empty"):
+        split_of(index, quality, "center", train_centers=(1, 2, 3))
+
+
+def test_center_split_accepts_named_centers(synthetic_case):
+    index, quality = synthetic_case
+    names = {"1": "siteA", "2": "Hospital B", "3": "3"}
+    named = index.assign(center=index["center"].map(names))
+    check_center(split_of(named, quality, "center", train_centers=["siteA"]), quality, {"siteA"})
+    check_center(split_of(named, quality, "center", train_centers=["siteA", 3]), quality,
+                 {"siteA", "3"})
+
+
+@pytest.mark.parametrize("centers", [(7,), ("siteA", 1)])
+def test_center_split_names_the_centers_that_exist(synthetic_case, centers):
+    index, quality = synthetic_case
+    wrong = [str(c) for c in centers if str(c) not in {"1", "2", "3"}]
+    with pytest.raises(SplitError, match=rf"\{wrong}.* match no center.*present: \['1', '2', '3'\]"):
         split_of(index, quality, "center", train_centers=centers)
 
 
@@ -321,6 +337,7 @@ def test_split_stage_writes_splits_and_metrics(synthetic_case, tmp_path):
     DatasetInfo("synthetic", CLASSES, "raw").save(tmp_path / "dataset.json")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["split"] = "center"
+    params["split_options"]["train_centers"] = ["1"]  # a center named as text
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(REPO / "stages" / "split.py"), "--params", "params.yaml",
            "--index", "index.csv", "--quality", "quality.csv", "--info", "dataset.json",

@@ -109,7 +109,7 @@ def _first_fold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np
 
 
 def make_split(index: pd.DataFrame, quality: pd.DataFrame, classes: list[str], split: str,
-               fractions: list[float], train_centers: list[int], center_val_fraction: float,
+               fractions: list[float], train_centers: list[int | str], center_val_fraction: float,
                seed: int) -> pd.DataFrame:
     """Usable images with their group and partition ('' = withheld, see center split).
 
@@ -137,9 +137,11 @@ def _check_fractions(fractions: list[float], key: str, n: int) -> None:
         raise SplitError(f"{key} must be {n} positive fractions summing to 1, got {fractions}")
 
 
-def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int],
+def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int | str],
                       val_fraction: float, seed: int) -> np.ndarray:
     """train/val from train_centers, test = every other center.
+
+    Centers match the index's center column as text, so 1 and "1" name the same center.
 
     A group spanning a train and a test center (a duplicate across centers) stays out of
     training: its test-center images go to test, its train-center images are withheld ('').
@@ -147,11 +149,14 @@ def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[in
     _check_fractions([1 - val_fraction, val_fraction], "split_options.center_val_fraction", 2)
     wanted = {str(c) for c in train_centers}
     present = sorted(frame["center"].unique())
+    unknown = sorted(wanted - set(present))
+    if unknown:
+        raise SplitError(f"split=center: split_options.train_centers {unknown} match no center "
+                         f"of a usable image; centers present: {present}")
     in_train = frame["center"].isin(wanted).to_numpy()
-    if in_train.all() or not in_train.any():
-        raise SplitError(
-            f"split=center: train_centers {sorted(wanted)} leave the "
-            f"{'test' if in_train.all() else 'train'} partition empty; centers present: {present}")
+    if in_train.all():
+        raise SplitError(f"split=center: train_centers {sorted(wanted)} leave the test partition "
+                         f"empty; centers present: {present}")
     crossing = frame.groupby("group")["center"].transform(lambda c: c.isin(wanted).nunique() > 1)
     withheld = in_train & crossing.to_numpy()
     if withheld.any():
