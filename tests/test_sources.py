@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,30 @@ def test_unique_ids_are_sanitized_stable_and_collision_free():
     assert ids[2] == "c_d_e" and all(set(i) <= set("abcdefghijklmnopqrstuvwxyz0123456789._-") for i in ids)
     assert ids[0].startswith("a_b-") and ids[1].startswith("a_b-")
     assert sources.unique_ids(paths[::-1]) == ids[::-1]  # independent of order
+
+
+def test_manifest_ids_do_not_depend_on_where_the_data_sits(manifest_csv, tmp_path):
+    relative, _, _ = sources.read_manifest(manifest_csv, tmp_path / "raw")
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(manifest_csv.parent, moved)
+    # the copy's manifest names its images by absolute path
+    lines = (moved / "manifest.csv").read_text().splitlines()
+    absolute = [lines[0]] + [f"{moved / line}" if line[0] != "," else line for line in lines[1:]]
+    (moved / "manifest.csv").write_text("\n".join(absolute) + "\n")
+    index, _, _ = sources.read_manifest(moved / "manifest.csv", tmp_path / "raw2")
+    assert index["image_id"].tolist() == relative["image_id"].tolist()
+    assert index["file"].str.startswith(str(moved)).sum() == 4
+
+
+def test_manifest_ids_of_images_outside_its_folder_start_at_their_common_root(tmp_path):
+    data = tmp_path / "host" / "xray"
+    write_image(data / "siteA" / "p1.png", seed=1)
+    write_image(data / "siteB" / "p 2.png", seed=2)
+    manifest = tmp_path / "project" / "labels.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(f"path,label\n{data / 'siteA' / 'p1.png'},a\n{data / 'siteB' / 'p 2.png'},b\n")
+    index, _, _ = sources.read_manifest(manifest, tmp_path / "raw")
+    assert index["image_id"].tolist() == ["siteA_p1", "siteB_p_2"]
 
 
 def test_prepare_source_names_the_params_key_to_set(tmp_path):

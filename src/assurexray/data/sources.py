@@ -126,10 +126,24 @@ def _read_manifest_csv(path: Path) -> list[_Entry]:
     df = df.map(str.strip).reindex(columns=MANIFEST_REQUIRED + MANIFEST_OPTIONAL + BOX_COLUMNS,
                                    fill_value="")
     df["line"] = range(2, len(df) + 2)  # CSV line numbers (the header is line 1)
+    base = path.parent
     groups: dict[str, list[pd.Series]] = {}
     for _, row in df.iterrows():
-        groups.setdefault(row["path"] or f"row{row['line']}", []).append(row)
-    return [_entry_of_rows(key, path.parent, rows) for key, rows in groups.items()]
+        file = os.path.normpath(os.path.abspath(base / row["path"])) if row["path"] else ""
+        groups.setdefault(file or f"row{row['line']}", []).append(row)
+    keys = dict(zip(groups, id_paths(list(groups), base)))
+    return [_entry_of_rows(keys[file], base, rows) for file, rows in groups.items()]
+
+
+def id_paths(files: list[str], base: Path) -> list[str]:
+    """What image ids derive from: each absolute path relative to ``base`` (the manifest's
+    folder) or, for files outside it, to the deepest folder holding all of those, so the same
+    data in another folder gives the same ids. Anything else (a row key) passes unchanged."""
+    base = os.path.abspath(base)
+    outside = {f for f in files if os.path.isabs(f) and os.path.commonpath([f, base]) != base}
+    root = os.path.commonpath([os.path.dirname(f) for f in outside]) if outside else base
+    return [os.path.relpath(f, root if f in outside else base) if os.path.isabs(f) else f
+            for f in files]
 
 
 def _entry_of_rows(key: str, base: Path, rows: list[pd.Series]) -> _Entry:
