@@ -8,9 +8,9 @@ temperature-calibrated ones when the checkpoint has a temperature), the checkpoi
 with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
 ``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
 
-Folders are walked recursively in sorted order, taking files with an image suffix
-(.jpg .jpeg .png .dcm .dicom, any case); other files there are listed in a warning. A file
-named explicitly is always tried, whatever its suffix.
+Folders are walked recursively in sorted order, taking files with one of the reader's image
+suffixes (``imageio.IMAGE_SUFFIXES``, any case: the same set ingest accepts); other files there
+are listed in a warning. A file named explicitly is always tried, whatever its suffix.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from torch.utils.data import TensorDataset
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
 from assurexray.data.cache import letterbox
-from assurexray.data.imageio import ImageReadError, read_image
+from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
 from assurexray.data.transforms import eval_transform
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.runner import predict_logits
@@ -40,8 +40,6 @@ from assurexray.training.checkpoint import CheckpointError, load_checkpoint
 from assurexray.training.models import default_device
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,9 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from assurexray.errors import AssureXRayError
 
 DEFAULT_MAX_PIXELS = 200_000_000
+# The file names that folders are scanned for (ingest, predict): what this reader decodes.
+# Reading itself goes by content, so a file named explicitly is read whatever its suffix.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
 NOT_AN_IMAGE = "not an image (neither Pillow nor pydicom can read it)"

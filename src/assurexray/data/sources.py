@@ -31,7 +31,6 @@ MANIFEST_OPTIONAL = ["center", "site", "group", "view", "age", "sex"]
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 # Manifest column -> index column, where the names differ.
 MANIFEST_TO_INDEX = {"site": "sites"}
-IMAGE_SUFFIXES = btxrd.IMAGE_SUFFIXES | {".dcm"}
 LABELME_VERSION = "5.4.1"
 ANNOTATIONS_DIR = "annotations"
 
@@ -187,7 +186,7 @@ def _scan_class_folders(root: Path) -> tuple[list[_Entry], list[tuple[str, str]]
         rel = file.relative_to(root)
         if len(rel.parts) == 1:
             notes.append((str(file), "not inside a class folder, ignored"))
-        elif file.suffix.lower() not in IMAGE_SUFFIXES:
+        elif file.suffix.lower() not in imageio.IMAGE_SUFFIXES:
             notes.append((str(file), f"not an image file (suffix '{file.suffix}'), ignored"))
         else:
             label = rel.parts[0]
