@@ -55,6 +55,9 @@ class DataParams:
     btxrd: BtxrdParams = field(default_factory=BtxrdParams)
     btxrd_dir: BtxrdDirParams = field(default_factory=BtxrdDirParams)
     manifest: ManifestParams = field(default_factory=ManifestParams)
+    # The folder (or file) holding the user's data: a DVC dependency of prepare, audit and
+    # preprocess (dvc.yaml interpolates it), so an edited label or image reruns them.
+    tracked_path: str = "data/external"
 
 
 @dataclass(frozen=True)

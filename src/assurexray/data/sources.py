@@ -40,13 +40,19 @@ class SourceError(AssureXRayError, ValueError):
 
 
 def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
-    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``."""
+    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``.
+
+    The user's own data (``manifest``, ``btxrd_dir``) must lie inside ``data.tracked_path``,
+    which DVC hashes, so that no edit of it goes unseen; generated and downloaded data are
+    fixed by their params (seed, checksums).
+    """
     data = params.data
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     if data.source == "manifest":
         path = _configured_path(data.manifest.path, "data.manifest.path", "a CSV or a folder per class")
         index, notes, classes = read_manifest(path, raw_dir)
+        check_tracked([path, *index["file"]], data.tracked_path, "data.manifest.path")
         return index, notes, DatasetInfo(data.source, classes, str(path))
     if data.source == "synthetic":
         s = data.synthetic
@@ -58,8 +64,26 @@ def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, p
     else:
         root = _configured_path(data.btxrd_dir.path, "data.btxrd_dir.path",
                                 "a folder holding images/, Annotations/, dataset.xlsx")
+        check_tracked([root], data.tracked_path, "data.btxrd_dir.path")
     index, notes = btxrd.ingest_btxrd_dir(root)
     return index, notes, DatasetInfo(data.source, list(btxrd.CLASSES), str(root))
+
+
+def check_tracked(paths: list, tracked: str, key: str) -> None:
+    """Every path (files or folders, '' skipped) lies inside ``tracked`` (``data.tracked_path``).
+
+    Compared after resolving links: DVC follows the tracked folder when it is itself a link,
+    but not links inside it.
+    """
+    root = os.path.realpath(tracked)
+    resolved = [os.path.realpath(p) for p in paths if str(p)]
+    outside = [p for p in resolved if os.path.commonpath([p, root]) != root]
+    if outside:
+        holder = os.path.commonpath([p if os.path.isdir(p) else os.path.dirname(p) for p in resolved])
+        raise SourceError(
+            f"{len(outside)} file(s) of {key} lie outside data.tracked_path ({tracked}), the folder "
+            f"DVC watches for changes to your data, e.g. {outside[0]}: set data.tracked_path to a "
+            f"folder holding all of them (here {holder}) or move them into {tracked}")
 
 
 def _configured_path(value: str | None, key: str, what: str) -> Path:
