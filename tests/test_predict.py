@@ -16,6 +16,7 @@ from scipy.special import softmax
 from assurexray.cli import main
 from assurexray.data.cache import ImageCache, build_cache
 from assurexray.data.datasets import CachedDataset
+from assurexray.data.imageio import read_image_reduced
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
 from assurexray.data.sources import read_manifest
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
@@ -96,6 +97,8 @@ def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_p
     dataset = CachedDataset(ImageCache(tmp_path / "cache"), ids, None,
                             eval_transform(meta["image_size"], meta["mean"], meta["std"]))
     expected = softmax(predict_logits(model, dataset, 2, "cpu").astype(np.float64), axis=1)
+    # tall.jpg (150 x 90) goes through the reduced JPEG decode at this cache size
+    assert read_image_reduced(images["tall.jpg"], CACHE_SIZE)[0].shape == (75, 45)
 
     code, records = predict(capsys, *[images[i] for i in ids], "--checkpoint", checkpoint,
                             "--batch-size", 2)

@@ -1,7 +1,7 @@
 """Classify radiographs with a trained checkpoint (research use only, not for clinical use).
 
 Each image goes through exactly the evaluation pipeline, read from the checkpoint's meta:
-``imageio.read_image`` -> ``cache.letterbox(cache_size)`` -> ``transforms.eval_transform``
+``cache.letterboxed_file(cache_size)`` (the preprocess stage's reader) -> ``transforms.eval_transform``
 (image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
 temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
@@ -31,8 +31,8 @@ from torch.utils.data import TensorDataset
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
-from assurexray.data.cache import letterbox
-from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from assurexray.data.cache import letterboxed_file
+from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.data.transforms import eval_transform
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.runner import predict_logits
@@ -100,7 +100,7 @@ class Predictor:
     def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
         """(model input, letterboxed image), or the reason the file cannot be read."""
         try:
-            boxed, *_ = letterbox(read_image(path), self.meta["cache_size"])
+            boxed, *_ = letterboxed_file(path, self.meta["cache_size"])
         except ImageReadError as exc:
             return exc.reason
         return self.transform(image=boxed)["image"], boxed
@@ -152,7 +152,7 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
     files, empty = [], []
     for path in inputs:
         if not path.is_dir():
-            files.append(path)   # a missing or odd file fails in read_image, with its reason
+            files.append(path)   # a missing or odd file fails in the reader, with its reason
             continue
         found = sorted(p for p in path.rglob("*") if p.is_file())
         images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
