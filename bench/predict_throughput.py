@@ -1,8 +1,9 @@
 """Throughput of `assurexray predict` on a folder of generated JPEGs vs the raw model forward.
 
 Both run at the same batch size on the same device: the forward on ready tensors (the ceiling),
-predict on files (decode, letterbox, transform, forward). Goal: predict within 20% of the
-forward. Writes a JSON of the figures.
+predict on files (decode, letterbox, transform, forward). Goal: predict at >= 0.9 of the
+forward. Writes a JSON of the figures, with the machine's load average (other processes on a
+shared machine slow both sides, not necessarily alike).
 
     python bench/predict_throughput.py --out bench/predict_throughput.json [--checkpoint models/model.pt]
 
@@ -12,6 +13,7 @@ weights do not change the speed).
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +27,8 @@ from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor
 from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model, default_device
+
+GOAL = 0.9  # predict / raw forward (issue 8.10)
 
 
 def main() -> None:
@@ -54,7 +58,9 @@ def main() -> None:
               "batch_size": args.batch_size, "workers": args.workers,
               "forward_images_per_s": args.n / forward, "predict_images_per_s": args.n / predict}
     result["predict_over_forward"] = result["predict_images_per_s"] / result["forward_images_per_s"]
-    result["within_20_percent"] = result["predict_over_forward"] >= 0.8
+    result["goal"] = GOAL
+    result["meets_goal"] = result["predict_over_forward"] >= GOAL
+    result["load_average_1min"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
