@@ -339,6 +339,9 @@ def test_reduced_decode_of_other_formats_and_rotations(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "a.png")
     reduced, size = read_image_reduced(tmp_path / "a.png", 64)
     assert np.array_equal(reduced, read_image(tmp_path / "a.png")) and size == (500, 300)
+    save_with_orientation(tmp_path / "r.png", pixels, 6)
+    reduced, size = read_image_reduced(tmp_path / "r.png", 64)
+    assert reduced.shape == (500, 300) and size == (300, 500)
     save_with_orientation(tmp_path / "r.jpg", pixels, 6)  # stored 500 x 300, shown 300 x 500
     reduced, size = read_image_reduced(tmp_path / "r.jpg", 125)
     assert size == (300, 500) == image_size(tmp_path / "r.jpg") and reduced.shape == (125, 75)

@@ -93,10 +93,13 @@ def _read(path: str | Path, max_pixels: int,
         return _with_size(_read_dicom(path, max_pixels, force=True))
     with im:
         _check_pixels(path, im.size, max_pixels)
-        size = _oriented_size(im)
+        stored, full = im.size, _oriented_size(im)
         if longer_side:
             _draft(im, longer_side)
-        return _pil_to_gray(_decode_pil(path, im)), size
+        img = _pil_to_gray(_decode_pil(path, im))
+        # A reduced decode is a JPEG, whose header (EXIF included) precedes the pixels, so the
+        # header's size is exact; otherwise the decoded shape is (a PNG's EXIF may trail).
+        return img, full if im.size != stored else (img.shape[1], img.shape[0])
 
 
 def _with_size(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
