@@ -64,7 +64,8 @@ def test_unknown_key_is_named(tmp_path, data, key):
     ({"seed": True}, "seed"),
     ({"train": {"lr": "fast"}}, "train.lr"),
     ({"split": "random"}, "split"),
-    ({"split_options": {"train_centers": ["one"]}}, r"split_options.train_centers\[0\]"),
+    ({"split_options": {"train_centers": [1.5]}}, r"split_options.train_centers\[0\]"),
+    ({"split_options": {"train_centers": [True]}}, r"split_options.train_centers\[0\]"),
     ({"model": {"pretrained": "yes"}}, "model.pretrained"),
 ])
 def test_wrong_type_is_named(tmp_path, data, key):
@@ -76,6 +77,11 @@ def test_int_is_accepted_for_float_and_null_for_optional(tmp_path):
     params = load_params(write(tmp_path, {"train": {"lr": 1}, "model": {"weights_path": None}}))
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
     assert params.model.weights_path is None
+
+
+def test_centers_may_be_named_or_numbered(tmp_path):
+    params = load_params(write(tmp_path, {"split_options": {"train_centers": ["siteA", 2]}}))
+    assert params.split_options.train_centers == ["siteA", 2]
 
 
 def test_missing_file_says_where_to_run(tmp_path):

@@ -16,9 +16,12 @@ from scipy.special import softmax
 from assurexray.cli import main
 from assurexray.data.cache import ImageCache, build_cache
 from assurexray.data.datasets import CachedDataset
+from assurexray.data.imageio import read_image_reduced
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
+from assurexray.data.sources import read_manifest
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from assurexray.inference.runner import predict_logits
+from assurexray.predict import collect_files
 from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model
 
@@ -94,6 +97,8 @@ def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_p
     dataset = CachedDataset(ImageCache(tmp_path / "cache"), ids, None,
                             eval_transform(meta.image_size, meta.mean, meta.std))
     expected = softmax(predict_logits(model, dataset, 2, "cpu").astype(np.float64), axis=1)
+    # tall.jpg (150 x 90) goes through the reduced JPEG decode at this cache size
+    assert read_image_reduced(images["tall.jpg"], CACHE_SIZE)[0].shape == (75, 45)
 
     code, records = predict(capsys, *[images[i] for i in ids], "--checkpoint", checkpoint,
                             "--batch-size", 2)
@@ -145,6 +150,22 @@ def test_folders_are_walked_in_sorted_order(images, checkpoint, tmp_path, capsys
     assert records[0] == {"file": str(tmp_path / "empty"), "error": records[0]["error"]}
     assert [r["file"] for r in records[1:]] == [str(t) for t in targets]
     assert "README.md" in caplog.text                  # skipped, but said so
+
+
+def test_predict_takes_every_suffix_that_ingest_takes(images, tmp_path):
+    """A folder-per-class tree of TIFF, BMP, DICOM and PNG: ingest and predict take the same files."""
+    pixels = cv2.imread(str(images["tall.jpg"]), cv2.IMREAD_GRAYSCALE)
+    root = tmp_path / "tree" / "Normal"
+    root.mkdir(parents=True)
+    for name in ("a.tif", "b.tiff", "c.bmp", "d.png"):
+        cv2.imwrite(str(root / name), pixels)
+    (root / "b.tiff").rename(root / "b.TIFF")
+    write_mono1_dicom(root / "e.dicom", pixels)
+    (root / "notes.txt").write_text("not an image\n")
+    index, notes, _ = read_manifest(tmp_path / "tree", tmp_path / "raw")
+    files, empty = collect_files([tmp_path / "tree"])
+    assert not empty and sorted(map(str, files)) == sorted(index["file"]) and len(files) == 5
+    assert [Path(p).name for p in notes["path"]] == ["notes.txt"]
 
 
 def test_calibrated_probabilities_and_gradcam_overlay(images, tmp_path, capsys):

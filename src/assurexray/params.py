@@ -55,6 +55,9 @@ class DataParams:
     btxrd: BtxrdParams = field(default_factory=BtxrdParams)
     btxrd_dir: BtxrdDirParams = field(default_factory=BtxrdDirParams)
     manifest: ManifestParams = field(default_factory=ManifestParams)
+    # The folder (or file) holding the user's data: a DVC dependency of prepare, audit and
+    # preprocess (dvc.yaml interpolates it), so an edited label or image reruns them.
+    tracked_path: str = "data/external"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class AuditParams:
 @dataclass(frozen=True)
 class SplitOptions:
     fractions: list[float] = field(default_factory=lambda: [0.70, 0.15, 0.15])
-    train_centers: list[int] = field(default_factory=lambda: [1])
+    # centers as the index names them: site names or numbers (BTXRD numbers its centers)
+    train_centers: list[int | str] = field(default_factory=lambda: [1])
     center_val_fraction: float = 0.15
 
 
@@ -186,7 +190,16 @@ def _coerce(tp, value, key: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        errors = []
+        for option in inner:
+            try:
+                return _coerce(option, value, key)
+            except ParamsError as exc:
+                errors.append(exc)
+        if len(inner) == 1:
+            raise errors[0]
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ParamsError(f"'{key}' must be {names}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
         if value not in args:
             raise ParamsError(f"'{key}' must be one of {list(args)}, got {value!r}")

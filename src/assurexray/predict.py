@@ -1,16 +1,16 @@
 """Classify radiographs with a trained checkpoint (research use only, not for clinical use).
 
 Each image goes through exactly the evaluation pipeline, read from the checkpoint's meta:
-``imageio.read_image`` -> ``cache.letterbox(cache_size)`` -> ``transforms.eval_transform``
+``cache.letterboxed_file(cache_size)`` (the preprocess stage's reader) -> ``transforms.eval_transform``
 (image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
 temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
 with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
 ``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
 
-Folders are walked recursively in sorted order, taking files with an image suffix
-(.jpg .jpeg .png .dcm .dicom, any case); other files there are listed in a warning. A file
-named explicitly is always tried, whatever its suffix.
+Folders are walked recursively in sorted order, taking files with one of the reader's image
+suffixes (``imageio.IMAGE_SUFFIXES``, any case: the same set ingest accepts); other files there
+are listed in a warning. A file named explicitly is always tried, whatever its suffix.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from torch.utils.data import TensorDataset
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
-from assurexray.data.cache import letterbox
-from assurexray.data.imageio import ImageReadError, read_image
+from assurexray.data.cache import letterboxed_file
+from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.data.transforms import eval_transform
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.runner import predict_logits
@@ -40,8 +40,6 @@ from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load
 from assurexray.training.models import default_device
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +100,7 @@ class Predictor:
     def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
         """(model input, letterboxed image), or the reason the file cannot be read."""
         try:
-            boxed, *_ = letterbox(read_image(path), self.meta.cache_size)
+            boxed, *_ = letterboxed_file(path, self.meta.cache_size)
         except ImageReadError as exc:
             return exc.reason
         return self.transform(image=boxed)["image"], boxed
@@ -154,7 +152,7 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
     files, empty = [], []
     for path in inputs:
         if not path.is_dir():
-            files.append(path)   # a missing or odd file fails in read_image, with its reason
+            files.append(path)   # a missing or odd file fails in the reader, with its reason
             continue
         found = sorted(p for p in path.rglob("*") if p.is_file())
         images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]

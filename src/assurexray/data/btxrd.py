@@ -47,7 +47,6 @@ CLASSES = ["Normal", "Benign", "Malignant"]
 METADATA_NAME = "dataset.xlsx"
 IMAGES_DIR = "images"
 ANNOTATIONS_DIR = "Annotations"
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
 NOTE_COLUMNS = ["path", "reason"]
 LABELME_VERSION = "5.4.1"  # the release's annotation files
 
@@ -218,7 +217,7 @@ def ingest_btxrd_dir(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     meta = read_metadata(meta_path)
     notes: dict[Path, str] = {}
     wanted = {_text(v) for v in meta["image_id"]}
-    images = _files_by_stem(root / IMAGES_DIR, IMAGE_SUFFIXES, wanted, notes)
+    images = _files_by_stem(root / IMAGES_DIR, imageio.IMAGE_SUFFIXES, wanted, notes)
     annotations = _files_by_stem(root / ANNOTATIONS_DIR, {".json"}, wanted, notes)
     rows = [_metadata_entry(row, images, annotations) for _, row in meta.iterrows()]
     _flag_repeated_ids(rows)

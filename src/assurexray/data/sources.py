@@ -32,7 +32,6 @@ MANIFEST_OPTIONAL = ["center", "site", "group", "view", "age", "sex"]
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 # Manifest column -> index column, where the names differ.
 MANIFEST_TO_INDEX = {"site": "sites"}
-IMAGE_SUFFIXES = btxrd.IMAGE_SUFFIXES | {".dcm"}
 ANNOTATIONS_DIR = "annotations"
 
 
@@ -57,7 +56,12 @@ def register_source(name: str) -> Callable[[SourceReader], SourceReader]:
 
 
 def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
-    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``."""
+    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``.
+
+    The user's own data (``manifest``, ``btxrd_dir``) must lie inside ``data.tracked_path``,
+    which DVC hashes, so that no edit of it goes unseen; generated and downloaded data are
+    fixed by their params (seed, checksums).
+    """
     source = params.data.source
     if source not in SOURCES:
         raise SourceError(f"params key 'data.source' = {source!r}: expected one of "
@@ -72,6 +76,7 @@ def _manifest(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
     path = _configured_path(params.data.manifest.path, "data.manifest.path",
                             "a CSV or a folder per class")
     index, notes, classes = read_manifest(path, raw_dir)
+    check_tracked([path, *index["file"]], params.data.tracked_path, "data.manifest.path")
     return index, notes, DatasetInfo("manifest", classes, str(path))
 
 
@@ -94,6 +99,7 @@ def _btxrd(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, D
 def _btxrd_dir(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
     root = _configured_path(params.data.btxrd_dir.path, "data.btxrd_dir.path",
                             "a folder holding images/, Annotations/, dataset.xlsx")
+    check_tracked([root], params.data.tracked_path, "data.btxrd_dir.path")
     return _btxrd_layout("btxrd_dir", root)
 
 
@@ -101,6 +107,23 @@ def _btxrd_layout(source: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, 
     """The BTXRD release layout (the twin mirrors it): one ingest for three sources."""
     index, notes = btxrd.ingest_btxrd_dir(root)
     return index, notes, DatasetInfo(source, list(btxrd.CLASSES), str(root))
+
+
+def check_tracked(paths: list, tracked: str, key: str) -> None:
+    """Every path (files or folders, '' skipped) lies inside ``tracked`` (``data.tracked_path``).
+
+    Compared after resolving links: DVC follows the tracked folder when it is itself a link,
+    but not links inside it.
+    """
+    root = os.path.realpath(tracked)
+    resolved = [os.path.realpath(p) for p in paths if str(p)]
+    outside = [p for p in resolved if os.path.commonpath([p, root]) != root]
+    if outside:
+        holder = os.path.commonpath([p if os.path.isdir(p) else os.path.dirname(p) for p in resolved])
+        raise SourceError(
+            f"{len(outside)} file(s) of {key} lie outside data.tracked_path ({tracked}), the folder "
+            f"DVC watches for changes to your data, e.g. {outside[0]}: set data.tracked_path to a "
+            f"folder holding all of them (here {holder}) or move them into {tracked}")
 
 
 def _configured_path(value: str | None, key: str, what: str) -> Path:
@@ -166,10 +189,24 @@ def _read_manifest_csv(path: Path) -> list[_Entry]:
     df = df.map(str.strip).reindex(columns=MANIFEST_REQUIRED + MANIFEST_OPTIONAL + BOX_COLUMNS,
                                    fill_value="")
     df["line"] = range(2, len(df) + 2)  # CSV line numbers (the header is line 1)
+    base = path.parent
     groups: dict[str, list[pd.Series]] = {}
     for _, row in df.iterrows():
-        groups.setdefault(row["path"] or f"row{row['line']}", []).append(row)
-    return [_entry_of_rows(key, path.parent, rows) for key, rows in groups.items()]
+        file = os.path.normpath(os.path.abspath(base / row["path"])) if row["path"] else ""
+        groups.setdefault(file or f"row{row['line']}", []).append(row)
+    keys = dict(zip(groups, id_paths(list(groups), base)))
+    return [_entry_of_rows(keys[file], base, rows) for file, rows in groups.items()]
+
+
+def id_paths(files: list[str], base: Path) -> list[str]:
+    """What image ids derive from: each absolute path relative to ``base`` (the manifest's
+    folder) or, for files outside it, to the deepest folder holding all of those, so the same
+    data in another folder gives the same ids. Anything else (a row key) passes unchanged."""
+    base = os.path.abspath(base)
+    outside = {f for f in files if os.path.isabs(f) and os.path.commonpath([f, base]) != base}
+    root = os.path.commonpath([os.path.dirname(f) for f in outside]) if outside else base
+    return [os.path.relpath(f, root if f in outside else base) if os.path.isabs(f) else f
+            for f in files]
 
 
 def _entry_of_rows(key: str, base: Path, rows: list[pd.Series]) -> _Entry:
@@ -213,7 +250,7 @@ def _scan_class_folders(root: Path) -> tuple[list[_Entry], list[tuple[str, str]]
         rel = file.relative_to(root)
         if len(rel.parts) == 1:
             notes.append((str(file), "not inside a class folder, ignored"))
-        elif file.suffix.lower() not in IMAGE_SUFFIXES:
+        elif file.suffix.lower() not in imageio.IMAGE_SUFFIXES:
             notes.append((str(file), f"not an image file (suffix '{file.suffix}'), ignored"))
         else:
             label = rel.parts[0]

@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from assurexray.data.schema import check_aligned, usable_index
+from assurexray.data.schema import check_aligned, quality_by_id, usable_index
 from assurexray.errors import AssureXRayError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def assign_groups(index: pd.DataFrame, quality: pd.DataFrame) -> pd.Series:
     """
     check_aligned(index, quality)
     rows = index.sort_values("image_id").reset_index(drop=True)
-    dup = rows["image_id"].map(quality.set_index("image_id")["dup_cluster"]).fillna("")
+    dup = rows["image_id"].map(quality_by_id(quality)["dup_cluster"]).fillna("")
     base = _source_groups(rows) if (rows["group"] != "").any() else _run_groups(rows)
     component = _link(len(rows), [base, dup])
     usable = rows["image_id"].isin(quality.loc[quality["usable"].astype(bool), "image_id"])
@@ -109,7 +109,7 @@ def _first_fold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np
 
 
 def make_split(index: pd.DataFrame, quality: pd.DataFrame, classes: list[str], split: str,
-               fractions: list[float], train_centers: list[int], center_val_fraction: float,
+               fractions: list[float], train_centers: list[int | str], center_val_fraction: float,
                seed: int) -> pd.DataFrame:
     """Usable images with their group and partition ('' = withheld, see center split).
 
@@ -137,9 +137,11 @@ def _check_fractions(fractions: list[float], key: str, n: int) -> None:
         raise SplitError(f"{key} must be {n} positive fractions summing to 1, got {fractions}")
 
 
-def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int],
+def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int | str],
                       val_fraction: float, seed: int) -> np.ndarray:
     """train/val from train_centers, test = every other center.
+
+    Centers match the index's center column as text, so 1 and "1" name the same center.
 
     A group spanning a train and a test center (a duplicate across centers) stays out of
     training: its test-center images go to test, its train-center images are withheld ('').
@@ -147,11 +149,14 @@ def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[in
     _check_fractions([1 - val_fraction, val_fraction], "split_options.center_val_fraction", 2)
     wanted = {str(c) for c in train_centers}
     present = sorted(frame["center"].unique())
+    unknown = sorted(wanted - set(present))
+    if unknown:
+        raise SplitError(f"split=center: split_options.train_centers {unknown} match no center "
+                         f"of a usable image; centers present: {present}")
     in_train = frame["center"].isin(wanted).to_numpy()
-    if in_train.all() or not in_train.any():
-        raise SplitError(
-            f"split=center: train_centers {sorted(wanted)} leave the "
-            f"{'test' if in_train.all() else 'train'} partition empty; centers present: {present}")
+    if in_train.all():
+        raise SplitError(f"split=center: train_centers {sorted(wanted)} leave the test partition "
+                         f"empty; centers present: {present}")
     crossing = frame.groupby("group")["center"].transform(lambda c: c.isin(wanted).nunique() > 1)
     withheld = in_train & crossing.to_numpy()
     if withheld.any():
@@ -183,7 +188,7 @@ def split_metrics(frame: pd.DataFrame, quality: pd.DataFrame, classes: list[str]
             "by_center": {str(c): int(n)
                           for c, n in part["center"].value_counts().sort_index().items()},
         }
-    dup = placed["image_id"].map(quality.set_index("image_id")["dup_cluster"]).fillna("")
+    dup = placed["image_id"].map(quality_by_id(quality)["dup_cluster"]).fillna("")
     in_cluster = dup != ""
     metrics["leakage"] = {
         "groups_crossing_partitions": _crossing(placed["group"], placed["partition"]),
