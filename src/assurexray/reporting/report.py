@@ -220,12 +220,15 @@ def num(x, digits: int = 3) -> str:
 
 
 def fmt(cell: dict | None) -> str:
-    """'value (low-high)' from {value, ci_low, ci_high}; 'n/a' when the value is undefined."""
+    """'value (low-high)' from {value, ci_low, ci_high}, then ', count/n' for a proportion;
+    'n/a' when the value is undefined."""
     if not cell or not _defined(cell.get("value")):
         return "n/a"
     text = num(cell["value"])
     if _defined(cell.get("ci_low")) and _defined(cell.get("ci_high")):
         text += f" ({num(cell['ci_low'])}-{num(cell['ci_high'])})"
+    if "count" in cell and "n" in cell:
+        text += f", {cell['count']}/{cell['n']}"
     return text
 
 
@@ -684,9 +687,12 @@ def missed_targets(analysis: dict) -> list[str]:
 
 def operating_point_lines(analysis: dict) -> list[str]:
     level = f"{100 * analysis['ci_level']:g}%"
-    lines = ["Thresholds chosen on validation, rates measured on test with "
-             f"{level} grouped bootstrap intervals; a case is positive when its score >= "
-             "threshold.", ""]
+    method = analysis.get("methods", {}).get("operating_points", "grouped bootstrap")
+    scales = sorted({p["scale"] for p in analysis["operating_points"].values() if "scale" in p})
+    scale = (f" on the {', '.join(scales)} probability scale (the probabilities `predict` and "
+             "models/calibrated.pt report and decide on)" if scales else "")
+    lines = [f"Thresholds chosen on validation{scale}, rates measured on test with {level} "
+             f"intervals ({method}); a case is positive when its score >= threshold.", ""]
     for task, points in analysis["operating_points"].items():
         if "skipped" in points:
             lines += [f"**{task}**: skipped ({points['skipped']}).", ""]
@@ -695,7 +701,9 @@ def operating_point_lines(analysis: dict) -> list[str]:
                  *(num(points[k]["val"][r]) for r in ("sensitivity", "specificity")),
                  *(fmt(points[k]["test"][r]) for r in ("sensitivity", "specificity", "ppv", "npv"))]
                 for k in OPERATING_POINTS]
-        lines += [f"**{task}** (score {points['score']}):", "",
+        decides = (f"; `predict` decides at the {points['decision']} point"
+                   if "decision" in points else "")
+        lines += [f"**{task}** (score {points['score']}{decides}):", "",
                   *table(["operating point", "threshold", "val sensitivity", "val specificity",
                           "test sensitivity", "test specificity", "test PPV", "test NPV"], rows)]
     missed = missed_targets(analysis)

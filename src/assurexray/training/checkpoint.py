@@ -17,7 +17,8 @@ from torch import nn
 from assurexray.errors import AssureXRayError
 from assurexray.training.models import build_model
 
-# Keys every checkpoint's meta must hold (calibration adds ``temperature``); save_checkpoint
+# Keys every checkpoint's meta must hold (calibration adds ``temperature`` and the plain-data
+# ``operating_points`` of evaluation.operating_points.fit_operating_points); save_checkpoint
 # stamps the provenance keys itself.
 REQUIRED_META = ("backbone", "classes", "image_size", "cache_size", "mean", "std", "dropout",
                  "params", "split", "epoch", "best_val_macro_auc")
