@@ -182,6 +182,9 @@ def test_fitted_points_round_trip_through_the_calibration_file(tmp_path):
     assert read_fitted(path, CLASSES) == (1.7, fitted)
     with pytest.raises(OperatingPointsError, match="not in"):
         read_fitted(path, ["Normal", "Benign", "Cancer"])
+    path.write_text("{truncated")
+    with pytest.raises(OperatingPointsError, match="calibration.json: not JSON"):
+        read_fitted(path, CLASSES)
     path.write_text(json.dumps({"temperature": 1.7}))
     with pytest.raises(OperatingPointsError, match="calibration.json.*operating_points.*calibrate"):
         read_fitted(path, CLASSES)

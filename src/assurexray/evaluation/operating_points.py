@@ -165,7 +165,10 @@ def fit_operating_points(y_true: np.ndarray, probs: np.ndarray, classes: list[st
 
 def read_fitted(path: str | Path, classes: list[str]) -> tuple[float, dict]:
     """(temperature, operating points) as the calibrate stage wrote them to its metrics file."""
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise OperatingPointsError(f"{path}: not JSON ({exc}); rerun the calibrate stage") from exc
     missing = [k for k in ("temperature", "operating_points") if k not in data]
     if missing:
         raise OperatingPointsError(f"{path}: lacks {missing}; rerun the calibrate stage")
