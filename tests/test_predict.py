@@ -20,6 +20,7 @@ from assurexray.data.imageio import read_image_reduced
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
 from assurexray.data.sources import read_manifest
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from assurexray.evaluation.operating_points import fit_operating_points
 from assurexray.inference.runner import predict_logits
 from assurexray.predict import collect_files
 from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -109,7 +110,7 @@ def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_p
         assert record["pred"] == CLASSES[int(np.argmax(probs))]
         assert record["checkpoint"]["backbone"] == "mobilenetv3_small_100"
         assert record["checkpoint"]["split"] == "stratified" and record["checkpoint"]["git_rev"]
-        assert "calibrated_probs" not in record
+        assert "calibrated_probs" not in record and "decisions" not in record
 
 
 def test_bad_files_get_error_records_and_dicom_is_read(images, checkpoint, tmp_path, capsys):
@@ -179,6 +180,31 @@ def test_calibrated_probabilities_and_gradcam_overlay(images, tmp_path, capsys):
     overlay = cv2.imread(record["gradcam"])
     assert overlay.shape == (CACHE_SIZE, CACHE_SIZE, 3)
     assert Path(record["gradcam"]).parent == tmp_path / "out" / "gradcam"
+
+
+def test_calibrated_checkpoint_decides_at_its_shipped_thresholds(images, tmp_path, capsys):
+    # issue 9 item 11: thresholds fitted on calibrated validation probabilities travel in
+    # calibrated.pt, and predict reports each decision with its threshold and scale
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    val_probs = softmax(rng.normal(size=(60, 3)) + 2 * np.eye(3)[y], axis=1)
+    points = fit_operating_points(y, val_probs, CLASSES, 0.9, 0.9, "youden", "calibrated")
+    ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0, operating_points=points)
+    code, records = predict(capsys, *images.values(), "--checkpoint", ckpt)
+    assert code == 0
+    for record in records:
+        calibrated = record["calibrated_probs"]
+        scores = {"malignant_vs_rest": calibrated["Malignant"],
+                  "tumour_vs_normal": 1 - calibrated["Normal"]}
+        assert set(record["decisions"]) == set(scores)
+        for task, decision in record["decisions"].items():
+            youden = points[task]["youden"]
+            assert decision["threshold"] == youden["threshold"] and decision["scale"] == "calibrated"
+            assert decision["operating_point"] == "youden"
+            assert decision["score"] == pytest.approx(scores[task])
+            assert decision["positive"] == (scores[task] >= youden["threshold"])
+            assert decision["val_sensitivity"] == youden["val"]["sensitivity"]
+            assert decision["val_specificity"] == youden["val"]["specificity"]
 
 
 def test_gradcam_needs_an_output_folder(images, checkpoint, capsys):

@@ -16,7 +16,7 @@ from assurexray.evaluation.bootstrap import METHOD, Predictions, bootstrap_metri
 from assurexray.evaluation.calibration import temperature_scaling_report
 from assurexray.evaluation.curves import evaluation_metrics
 from assurexray.evaluation.metrics import json_safe
-from assurexray.evaluation.operating_points import operating_points
+from assurexray.evaluation.operating_points import evaluate_operating_points, fit_operating_points
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.evaluation.subgroups import subgroup_table, summarize_subgroups
 from assurexray.explain.cam import road_summary
@@ -326,7 +326,9 @@ def test_producer_layouts_render_completely(project):
     analysis = {"method": METHOD, "iterations": 50, "ci_level": 0.95, "seed": 0,
                 "test": {"n_images": n, "n_groups": 45, "note": None,
                          **bootstrap_metrics(preds, CLASSES, 50, 0.95, 0)},
-                "operating_points": operating_points(preds, preds, CLASSES, 0.9, 0.9, 50, 0.95, 0),
+                "operating_points": evaluate_operating_points(fit_operating_points(
+                    preds.y_true, preds.probs, CLASSES, 0.9, 0.9, "youden", "calibrated"),
+                    preds, CLASSES, 0.95),
                 "subgroups": summarize_subgroups(table, 20)}
     split_preds = SplitPredictions(ids, CLASSES, y, logits)
     frame = pd.DataFrame({"image_id": ids, "group": preds.groups, "label": np.array(CLASSES)[y],
@@ -349,9 +351,14 @@ def test_producer_layouts_render_completely(project):
     for name, data in produced.items():
         (project["metrics_dir"] / name).write_text(json.dumps(json_safe(data)))
     table.to_csv(project["metrics_dir"] / "subgroups.csv", index=False)
-    for doc in render(project):
+    docs = render(project)
+    for doc in docs:
         assert "not available" not in doc.lower()
         assert not PLACEHOLDERS.search(doc), PLACEHOLDERS.search(doc).group()
+    # the model card states the scale of the shipped thresholds, and n beside proportions
+    assert "on the calibrated probability scale" in docs[0]
+    accuracy = analysis["test"]["accuracy"]
+    assert f"{accuracy['count']}/{accuracy['n']}" in docs[0]
 
 
 def test_stage_writes_both_documents(project, tmp_path):

@@ -241,6 +241,9 @@ def test_calibrate_stage_stores_the_temperature(project):
     report = json.loads((project / "calibration.json").read_text())
     _, meta = load_checkpoint(project / "calibrated.pt")
     assert meta.temperature == pytest.approx(report["temperature"]) and meta.temperature > 0
+    # the thresholds predict will use, fitted on the calibrated validation probabilities
+    assert meta.operating_points == report["operating_points"]
+    assert report["operating_points"]["malignant_vs_rest"]["scale"] == "calibrated"
     assert report["val"]["after"]["nll"] <= report["val"]["before"]["nll"] + 1e-9
     rows = json.loads((project / "plots_cal" / "reliability.json").read_text())
     assert sum(r["count"] for r in rows if r["calibration"] == "after") == 9

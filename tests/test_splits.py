@@ -230,6 +230,33 @@ def test_tiny_twin_split_keeps_groups_and_duplicates_together(twin_case):
         assert crossing(frame, dup_keys(frame, quality)) == 0
         assert (frame["partition"] != "").sum() > 0.9 * len(frame)
         assert set(frame["partition"]) >= {"train", "val", "test"}
+        # 6 Malignant images in 4 groups: still in every partition (issue 9 item 9)
+        for name in ("train", "val", "test"):
+            assert set(frame.loc[frame["partition"] == name, "label"]) == set(CLASSES), (split, name)
+
+
+def rare_class_index(n_malignant: int) -> pd.DataFrame:
+    """60 Normal and 40 Benign one-view patients, and ``n_malignant`` Malignant ones."""
+    labels = ["Normal"] * 60 + ["Benign"] * 40 + ["Malignant"] * n_malignant
+    return index_of([{"image_id": f"IMG{k:06d}", "label": label, "center": "1", "age": str(k),
+                      "sex": "F", "view": "frontal"} for k, label in enumerate(labels)])
+
+
+def test_rare_class_is_warned_with_counts_and_kept_in_every_partition(caplog):
+    index = rare_class_index(4)
+    with caplog.at_level("WARNING", logger="assurexray.data.splits"):
+        frame = split_of(index, quality_of(index))
+    assert "Malignant have fewer patient groups than the 7 folds" in caplog.text
+    assert "Normal 60/60, Benign 40/40, Malignant 4/4" in caplog.text
+    for name in ("train", "val", "test"):
+        assert (frame.loc[frame["partition"] == name, "label"] == "Malignant").any(), name
+
+
+def test_partition_without_a_class_fails_with_the_counts():
+    index = rare_class_index(2)   # two groups cannot reach three partitions
+    with pytest.raises(SplitError, match=r"partition has no Malignant image.*Malignant 0/0.*"
+                                         r"in all usable images .*Malignant 2/2"):
+        split_of(index, quality_of(index))
 
 
 def test_leakage_metrics_detect_a_crossing(synthetic_case):

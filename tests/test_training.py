@@ -228,3 +228,17 @@ def test_resume_state_from_another_or_a_finished_run_is_ignored(reference, caplo
         assert training._read_resume(path, "another run") is None
         assert training._read_resume(path, fingerprint) is None
     assert "different params" in caplog.text and "had finished" in caplog.text
+
+
+def test_undefined_val_auc_falls_back_to_val_loss(tiny_cache, tmp_path, caplog):
+    # issue 9 item 10: a validation set with one class has no AUC; selection must not freeze
+    val = SplitData([f"img{r:03d}" for r in (18, 21, 24, 27)], np.zeros(4, int))
+    with caplog.at_level(logging.WARNING, logger="assurexray.training.loop"):
+        _, meta = train_classifier(PARAMS, tiny_cache, CLASSES, split(TRAIN), val,
+                                   tmp_path / "last", tmp_path / "live")
+    assert "selecting the model on validation loss" in caplog.text
+    history = torch.load(tmp_path / "last" / "last.pt", weights_only=True)["state"]["history"]
+    losses = [r["val_loss"] for r in history]
+    assert meta["epoch"] == int(np.argmin(losses)) and np.isnan(meta["best_val_macro_auc"])
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["selection_metric"] == "val_loss" and summary["best_epoch"] == meta["epoch"]

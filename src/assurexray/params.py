@@ -127,6 +127,8 @@ class AnalysisParams:
     calibration_bins: int = 15
     sensitivity_target: float = 0.90
     specificity_target: float = 0.90
+    # The operating point `predict` decides with (stored in models/calibrated.pt).
+    decision_point: Literal["youden", "sensitivity_target", "specificity_target"] = "youden"
     age_bands: list[int] = field(default_factory=lambda: [0, 18, 40, 65, 120])
     min_subgroup_size: int = 20
 

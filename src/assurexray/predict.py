@@ -4,9 +4,12 @@ Each image goes through exactly the evaluation pipeline, read from the checkpoin
 ``cache.letterboxed_file(cache_size)`` (the preprocess stage's reader) -> ``transforms.eval_transform``
 (image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
-temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
-with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
-``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
+temperature-calibrated ones when the checkpoint has a temperature), with ``models/calibrated.pt``
+the decision of each binary task (malignant vs rest, tumour vs normal) at its shipped operating
+point (threshold on the calibrated scale, with its validation sensitivity and specificity), the
+checkpoint identity and, with --gradcam, the path of a Grad-CAM overlay of the predicted class.
+An unreadable file gets ``{"file", "error"}`` and the others go on; the exit code is 1 when any
+input failed.
 
 Folders are walked recursively in sorted order, taking files with one of the reader's image
 suffixes (``imageio.IMAGE_SUFFIXES``, any case: the same set ingest accepts); other files there
@@ -34,6 +37,7 @@ from assurexray.console import progress
 from assurexray.data.cache import letterboxed_file
 from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.data.transforms import eval_transform
+from assurexray.evaluation.operating_points import decide
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.runner import predict_logits
 from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
@@ -143,6 +147,10 @@ class Predictor:
         if self.meta.temperature is not None:
             calibrated = softmax(logits.astype(np.float64) / self.meta.temperature)
             record["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
+            # calibrate fits the thresholds on this (calibrated) scale and stores them beside T
+            if self.meta.get("operating_points"):
+                record["decisions"] = decide(self.meta["operating_points"], calibrated,
+                                             self.classes)
         record["checkpoint"] = self.identity
         return record
 

@@ -77,12 +77,13 @@ def _link(n: int, relations: list) -> np.ndarray:
 
 
 def grouped_partition(labels: np.ndarray, groups: np.ndarray, fractions: list[float],
-                      seed: int) -> np.ndarray:
+                      seed: int, classes: list[str]) -> np.ndarray:
     """Partition number of every sample (0 = first fraction): whole groups, class mix stratified.
 
-    Partitions are peeled off from the last: each is one fold of a seeded StratifiedGroupKFold
-    over the samples not yet taken, with as many folds as its share of them suggests
-    (70/15/15: test = 1 of 7 folds, val = 1 of 6 folds of the rest, train = the remainder).
+    Partitions are peeled off from the last: each is one fold (the first that holds every
+    class) of a seeded StratifiedGroupKFold over the samples not yet taken, with as many folds
+    as its share of them suggests (70/15/15: test = 1 of 7 folds, val = 1 of 6 folds of the
+    rest, train = the remainder).
     On small data this stratifies much better than dealing out many small folds.
     """
     out = np.zeros(len(labels), dtype=int)
@@ -90,22 +91,68 @@ def grouped_partition(labels: np.ndarray, groups: np.ndarray, fractions: list[fl
     for part in range(len(fractions) - 1, 0, -1):
         free = np.flatnonzero(out == 0)
         k = max(2, round(remaining / fractions[part]))
-        out[free[_first_fold(labels[free], groups[free], k, seed)]] = part
+        out[free[_first_fold(labels[free], groups[free], k, seed, classes)]] = part
         remaining -= fractions[part]
     return out
 
 
-def _first_fold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _first_fold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int,
+                classes: list[str]) -> np.ndarray:
     n_groups = len(np.unique(groups))
     largest_class = np.unique(labels, return_counts=True)[1].max(initial=0)
     if min(n_groups, largest_class) < k:
         raise SplitError(f"{len(labels)} images in {n_groups} groups are too few to split off "
                          f"1/{k} of them by group and class")
+    _warn_rare_classes(labels, groups, k, classes)
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
-        # A class rarer than k only means some folds lack it; the split stays valid.
+        # sklearn's "least populated class" warning, without names or counts: said above.
         warnings.filterwarnings("ignore", message="The least populated class")
-        return next(folds.split(np.zeros(len(labels)), labels, groups))[1]
+        candidates = [test for _, test in folds.split(np.zeros(len(labels)), labels, groups)]
+    # The first fold holding every class; a rare class would otherwise miss a partition whenever
+    # the first fold happens to lack it (check_every_class then fails with the counts).
+    n_classes = len(np.unique(labels))
+    return next((f for f in candidates if len(np.unique(labels[f])) == n_classes), candidates[0])
+
+
+def class_counts(labels: np.ndarray, groups: np.ndarray, classes: list[str]) -> dict[str, dict]:
+    """{class: {images, groups}} of samples labelled by class name (a group counts for every
+    class it holds)."""
+    frame = pd.DataFrame({"label": labels, "group": groups})
+    images = frame["label"].value_counts()
+    n_groups = frame.drop_duplicates().groupby("label")["group"].size()
+    return {c: {"images": int(images.get(c, 0)), "groups": int(n_groups.get(c, 0))}
+            for c in classes}
+
+
+def _warn_rare_classes(labels: np.ndarray, groups: np.ndarray, k: int,
+                       classes: list[str]) -> None:
+    counts = class_counts(np.asarray(classes)[labels], groups, classes)
+    rare = {c: n for c, n in counts.items() if n["groups"] < k}
+    if rare:
+        log.warning("class(es) %s have fewer patient groups than the %d folds a partition is "
+                    "cut from, so a partition can lack them (images/groups per class: %s)",
+                    ", ".join(rare), k, _count_text(counts))
+
+
+def _count_text(counts: dict[str, dict]) -> str:
+    return ", ".join(f"{c} {n['images']}/{n['groups']}" for c, n in counts.items())
+
+
+def check_every_class(frame: pd.DataFrame, classes: list[str]) -> None:
+    """Fail when a partition lacks a class: its macro AUC (model selection on val, the
+    headline on test) and that class's sensitivity would be undefined."""
+    for name in PARTITIONS:
+        part = frame[frame["partition"] == name]
+        counts = class_counts(part["label"].to_numpy(), part["group"].to_numpy(), classes)
+        absent = [c for c, n in counts.items() if n["images"] == 0]
+        if absent:
+            total = class_counts(frame["label"].to_numpy(), frame["group"].to_numpy(), classes)
+            raise SplitError(
+                f"the {name} partition has no {', '.join(absent)} image: its macro AUC would be "
+                f"undefined (images/groups per class: in {name} {_count_text(counts)}; in all "
+                f"usable images {_count_text(total)}); add data of that class, change the "
+                "split fractions or the seed")
 
 
 def make_split(index: pd.DataFrame, quality: pd.DataFrame, classes: list[str], split: str,
@@ -123,12 +170,14 @@ def make_split(index: pd.DataFrame, quality: pd.DataFrame, classes: list[str], s
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     if split == "stratified":
         _check_fractions(fractions, "split_options.fractions", 3)
-        part = grouped_partition(y, frame["group"].to_numpy(), fractions, seed)
+        part = grouped_partition(y, frame["group"].to_numpy(), fractions, seed, classes)
         frame["partition"] = np.asarray(PARTITIONS)[part]
     elif split == "center":
-        frame["partition"] = _center_partition(frame, y, train_centers, center_val_fraction, seed)
+        frame["partition"] = _center_partition(frame, y, train_centers, center_val_fraction,
+                                               seed, classes)
     else:
         raise SplitError(f"unknown split '{split}' (stratified | center)")
+    check_every_class(frame, classes)
     return frame
 
 
@@ -138,7 +187,7 @@ def _check_fractions(fractions: list[float], key: str, n: int) -> None:
 
 
 def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int | str],
-                      val_fraction: float, seed: int) -> np.ndarray:
+                      val_fraction: float, seed: int, classes: list[str]) -> np.ndarray:
     """train/val from train_centers, test = every other center.
 
     Centers match the index's center column as text, so 1 and "1" name the same center.
@@ -165,7 +214,7 @@ def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[in
     pool = in_train & ~withheld
     part = np.where(in_train, "", "test").astype(object)
     inner = grouped_partition(y[pool], frame["group"].to_numpy()[pool],
-                              [1 - val_fraction, val_fraction], seed)
+                              [1 - val_fraction, val_fraction], seed, classes)
     part[pool] = np.asarray(["train", "val"])[inner]
     return part
 

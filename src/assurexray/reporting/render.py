@@ -37,12 +37,15 @@ def num(x, digits: int = 3, missing: str = "n/a") -> str:
 
 
 def ci(cell: dict | None) -> str:
-    """'value (low-high)' from {value, ci_low, ci_high}; 'n/a' when the value is undefined."""
+    """'value (low-high)' from {value, ci_low, ci_high}, then ', count/n' for a proportion;
+    'n/a' when the value is undefined."""
     if not cell or not defined(cell.get("value")):
         return "n/a"
     text = num(cell["value"])
     if defined(cell.get("ci_low")) and defined(cell.get("ci_high")):
         text += f" ({num(cell['ci_low'])}-{num(cell['ci_high'])})"
+    if "count" in cell and "n" in cell:
+        text += f", {cell['count']}/{cell['n']}"
     return text
 
 

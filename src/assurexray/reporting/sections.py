@@ -139,8 +139,12 @@ def operating_points(analysis: dict) -> dict:
                  *(num(points[k]["val"][r]) for r in ("sensitivity", "specificity")),
                  *(ci(points[k]["test"][r]) for r in ("sensitivity", "specificity", "ppv", "npv"))]
                 for k in OPERATING_POINTS]
-        tasks.append({"name": task, "skipped": None, "score": points["score"], "rows": rows})
-    return {"level": analysis["ci_level"], "tasks": tasks, "missed": missed_targets(analysis)}
+        tasks.append({"name": task, "skipped": None, "score": points["score"], "rows": rows,
+                      "decision": points.get("decision")})
+    scales = sorted({p["scale"] for p in analysis["operating_points"].values() if "scale" in p})
+    return {"level": analysis["ci_level"], "tasks": tasks, "missed": missed_targets(analysis),
+            "method": analysis.get("methods", {}).get("operating_points", "grouped bootstrap"),
+            "scales": scales}
 
 
 def calibration_summary(cal: dict) -> dict:

@@ -39,8 +39,11 @@ class CheckpointMeta:
     params: dict                 # params.yaml as trained (params.to_dict)
     split: str
     epoch: int                   # the selected epoch, 0-based
-    best_val_macro_auc: float
+    best_val_macro_auc: float | None     # None when undefined (a class absent from validation)
     temperature: float | None = None     # set by calibrate, fitted on validation logits
+    # Set by calibrate: evaluation.operating_points.fit_operating_points on the calibrated
+    # validation probabilities (plain data), the thresholds predict and the service decide at.
+    operating_points: dict | None = None
     # Provenance, stamped by save_checkpoint.
     git_rev: str | None = None
     git_dirty: bool | None = None

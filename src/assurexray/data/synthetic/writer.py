@@ -26,11 +26,11 @@ from assurexray.data import btxrd
 from assurexray.data.btxrd import labelme_text
 from assurexray.data.synthetic.acquisition import CENTER_STYLES
 from assurexray.data.synthetic.figures import MIN_IMAGES, PLANTED_NAME, RELEASE_DIR
-from assurexray.data.synthetic.xlsx import xlsx_bytes
 from assurexray.data.synthetic.metadata import Row, metadata_row, plan_rows
 from assurexray.data.synthetic.quirks import copy_annotation, plant_defects, plant_quirks
 from assurexray.data.synthetic.render import render_image
 from assurexray.data.synthetic.rng import rng_for
+from assurexray.data.synthetic.xlsx import xlsx_bytes
 
 log = logging.getLogger(__name__)
 
