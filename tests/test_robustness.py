@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from assurexray.data.cache import ImageCache, letterbox
+from assurexray.data.cache import ImageCache, content_boxes, letterbox
 from assurexray.data.transforms import eval_transform
 from assurexray.inference.robustness import (
     CORRUPTIONS,
-    content_boxes,
     corrupt_images,
     corruption,
     drop_rows,
@@ -137,7 +136,7 @@ def test_content_boxes_match_letterbox(h, w):
     ys, xs = np.nonzero(out)
     meta = pd.DataFrame([{"row": 0, "scale": scale, "pad_x": pad_x, "pad_y": pad_y,
                           "width": w, "height": h}])
-    assert content_boxes(meta, np.array([0]))[0].tolist() == [xs.min(), ys.min(),
+    assert content_boxes(meta)[0].tolist() == [xs.min(), ys.min(),
                                                                xs.max() + 1, ys.max() + 1]
 
 
