@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 from matplotlib.figure import Figure
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
@@ -256,22 +258,6 @@ def coverage_findings(label: str, has_annotation: bool, normal: str | None,
 
 # --------------------------------------------------------------------------- duplicates
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
 def duplicate_pairs(scans: list[Scan], max_distance: int) -> pd.DataFrame:
     """Pairs of decodable images (row positions a < b) with the same bytes or close pHashes."""
     rows = [i for i, s in enumerate(scans) if s.phash is not None]
@@ -281,17 +267,20 @@ def duplicate_pairs(scans: list[Scan], max_distance: int) -> pd.DataFrame:
 
 
 def cluster_ids(n: int, pairs: pd.DataFrame) -> list[str]:
-    """'dup001', ... per connected group of >= 2 rows, numbered by first member; '' if unique."""
-    uf = UnionFind(n)
-    for a, b in zip(pairs["a"], pairs["b"]):
-        uf.union(int(a), int(b))
-    roots = [uf.find(i) for i in range(n)]
-    sizes = Counter(roots)
+    """'dup001', ... per connected group of >= 2 rows, numbered by first member; '' if unique.
+
+    The groups are the connected components of the pair graph (scipy), so chains of near
+    duplicates (a~b, b~c) form one group.
+    """
+    edges = (pairs["a"].to_numpy(int), pairs["b"].to_numpy(int))
+    _, component = connected_components(coo_matrix((np.ones(len(pairs)), edges), shape=(n, n)),
+                                        directed=False)
+    sizes = np.bincount(component, minlength=1)
     names: dict[int, str] = {}
-    for root in roots:
-        if sizes[root] > 1 and root not in names:
-            names[root] = f"dup{len(names) + 1:03d}"
-    return [names.get(r, "") for r in roots]
+    for c in component:  # row order: a group is numbered by its first member
+        if sizes[c] > 1 and c not in names:
+            names[c] = f"dup{len(names) + 1:03d}"
+    return [names.get(c, "") for c in component]
 
 
 # --------------------------------------------------------------------------- the audit
