@@ -97,8 +97,10 @@ def render_triptych(path: str | Path, image: np.ndarray, cam: np.ndarray,
 
 
 def write_gallery(model, cache, transform, cases: Sequence[Case], classes: Sequence[str],
-                  out_dir: str | Path, method: str, batch_size: int) -> list[Path]:
-    """Render every case into ``out_dir`` (PNGs of an earlier run are removed first)."""
+                  out_dir: str | Path, method: str, batch_size: int,
+                  layer: str | None = None) -> list[Path]:
+    """Render every case into ``out_dir`` (PNGs of an earlier run are removed first), with the
+    CAM of target ``layer`` (None: the family's)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
@@ -109,7 +111,7 @@ def write_gallery(model, cache, transform, cases: Sequence[Case], classes: Seque
     ids = [c.image_id for c in cases]
     targets = np.array([list(classes).index(c.class_name) for c in cases])
     cams = cams_for_dataset(model, CachedDataset(cache, ids, None, transform), targets, method,
-                            batch_size)
+                            batch_size, layer)
     paths = []
     for case, cam_map in zip(cases, cams):
         path = out_dir / case.file_name
@@ -141,9 +143,16 @@ def summary_markdown(metrics: dict, cases: Sequence[Case], gallery_dir: str | Pa
     return "\n".join(lines) + "\n"
 
 
+NOT_MEASURED = "Not measured: no test image has a usable lesion annotation."
+
+
 def _method_lines(metrics: dict) -> list[str]:
+    choice = metrics["layer_selection"]
     return [
-        f"Method **{metrics['method']}** on the target layer of the checkpoint's backbone. "
+        f"Method **{metrics['method']}** on layer `{choice['selected_layer']}` of the "
+        f"checkpoint's backbone, chosen by {choice['selected_by']} "
+        f"(n = {choice['n_validation']} annotated validation images; candidates and their "
+        "scores in `metrics/explain.json`). "
         f"Localization covers every test image with a cached lesion annotation "
         f"({metrics['n_annotated']} of {metrics['n_test']} test images); the CAM is computed "
         "for the **true class** (and, in the second table, for the predicted class). The "
@@ -156,6 +165,8 @@ def _method_lines(metrics: dict) -> list[str]:
 
 
 def _localization_lines(metrics: dict) -> list[str]:
+    if metrics["localization"] is None:
+        return ["## Localization", "", NOT_MEASURED, ""]
     lines = []
     for target, title in (("true_class", "CAM of the true class"),
                           ("predicted_class", "CAM of the predicted class")):
@@ -179,12 +190,16 @@ def _localization_lines(metrics: dict) -> list[str]:
 
 def _road_lines(metrics: dict) -> list[str]:
     road = metrics["faithfulness"]["road"]
+    if road is None:
+        return ["## Faithfulness (ROAD, true-class CAM)", "", NOT_MEASURED, ""]
     ps = road["percentiles"]
     return [
         "## Faithfulness (ROAD, true-class CAM)", "",
         "Change of the true-class probability when the (100 - p)% most relevant (MoRF) or least "
-        "relevant (LeRF) pixels are imputed. A faithful map: large MoRF drop, small LeRF drop; "
-        f"combined score (LeRF - MoRF) / 2 = **{road['combined']:.3f}** on n = {road['n']} "
+        "relevant (LeRF) pixels of the image content (never the letterbox padding) are imputed. "
+        "A faithful map: large MoRF drop, small LeRF drop; combined score (LeRF - MoRF) / 2 = "
+        f"**{road['combined']:.3f}** ({road['ci_level']:.0%} interval {_fmt(road['combined_ci_low'])}"
+        f" to {_fmt(road['combined_ci_high'])}, {road['ci_method']}) on n = {road['n']} "
         f"images (a seeded sample of the {metrics['n_annotated']} annotated ones when fewer).", "",
         "| kept p% | " + " | ".join(str(p) for p in ps) + " |",
         "| --- |" + " --- |" * len(ps),
