@@ -14,6 +14,7 @@ from assurexray.evaluation.predictions import SplitPredictions, read_predictions
 from assurexray.explain import cam, gallery, layer_selection, localization
 from assurexray.inference.runner import load_for_inference
 from assurexray.params import load_params
+from assurexray.reporting.render import header, render
 from assurexray.training.models import cam_candidate_layers
 
 log = logging.getLogger("explain")
@@ -61,10 +62,11 @@ def main() -> None:
                "faithfulness": {"road": road},
                "gallery": {"n_images": len(cases)}}
     write_json(args.metrics, metrics)
-    synthetic = DatasetInfo.load(args.info).source == "synthetic"
     args.summary.parent.mkdir(parents=True, exist_ok=True)
-    args.summary.write_text(gallery.summary_markdown(metrics, cases, args.gallery, args.summary,
-                                                     synthetic))
+    args.summary.write_text(render(
+        "gradcam_summary.md.j2", **gallery.summary_context(metrics, cases, args.gallery, args.summary),
+        header=header("Grad-CAM summary", "the explain stage (`stages/explain.py`, `dvc repro explain`)",
+                      "`metrics/explain.json`", DatasetInfo.load(args.info).source)))
 
 
 def annotated(cache, preds: SplitPredictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -79,7 +79,7 @@ def _manifest(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
 def _synthetic(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
     s = params.data.synthetic
     root = generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
-                                   defects=s.defects, min_side=s.min_side, max_side=s.max_side)
+                         defects=s.defects, min_side=s.min_side, max_side=s.max_side)
     return _btxrd_layout("synthetic", root)
 
 
