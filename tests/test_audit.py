@@ -266,6 +266,10 @@ def test_cluster_ids_join_chains_and_name_by_first_member():
     pairs = pd.DataFrame([(3, 5, 0, True), (1, 3, 2, False), (0, 6, 1, False)],
                          columns=["a", "b", "distance", "exact"])
     assert duplicates.cluster_ids(7, pairs) == ["dup001", "dup002", "", "dup002", "", "dup002", "dup001"]
+    cycle = pd.concat([pairs, pd.DataFrame([(1, 5, 1, False)], columns=pairs.columns)])
+    assert duplicates.cluster_ids(7, cycle) == duplicates.cluster_ids(7, pairs)  # a cycle adds nothing
+    none = pairs.iloc[:0]
+    assert duplicates.cluster_ids(3, none) == ["", "", ""] and duplicates.cluster_ids(0, none) == []
 
 
 def test_jpeg_truncation_check():

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from assurexray.data.cache import ImageCache, letterbox
+from assurexray.data.cache import ImageCache, content_boxes, letterbox
+from assurexray.data.schema import DatasetInfo
 from assurexray.data.transforms import eval_transform
 from assurexray.inference.robustness import (
     CORRUPTIONS,
-    content_boxes,
     corrupt_images,
     corruption,
     drop_rows,
@@ -137,7 +137,7 @@ def test_content_boxes_match_letterbox(h, w):
     ys, xs = np.nonzero(out)
     meta = pd.DataFrame([{"row": 0, "scale": scale, "pad_x": pad_x, "pad_y": pad_y,
                           "width": w, "height": h}])
-    assert content_boxes(meta, np.array([0]))[0].tolist() == [xs.min(), ys.min(),
+    assert content_boxes(meta)[0].tolist() == [xs.min(), ys.min(),
                                                                xs.max() + 1, ys.max() + 1]
 
 
@@ -258,3 +258,23 @@ def test_robustness_stage(project):
     assert set(report["corruptions"]) == set(CORRUPTIONS) and report["severities"] == 1
     rows = json.loads((project / "plots_rob" / "robustness.json").read_text())
     assert len(rows) == len(CORRUPTIONS)
+
+
+def test_explain_stage_without_lesion_annotations(project):
+    """A source without boxes (a folder-per-class manifest): the gallery and the summary are
+    produced, localization and ROAD are null, the CAM layer stays the a-priori one."""
+    DatasetInfo("manifest", CLASSES, str(project)).save(project / "dataset.json")
+    run_stage("explain", "--params", str(project / "params.yaml"),
+              "--model", str(project / "model.pt"), "--cache", str(project / "cache"),
+              "--predictions", str(project / "predictions" / "test.csv"),
+              "--val-predictions", str(project / "predictions" / "val.csv"),
+              "--info", str(project / "dataset.json"), "--metrics", str(project / "explain.json"),
+              "--gallery", str(project / "gallery"), "--summary", str(project / "gradcam.md"))
+    metrics = json.loads((project / "explain.json").read_text())
+    assert metrics["n_test"] == 9 and metrics["n_annotated"] == 0
+    assert metrics["localization"] is None and metrics["faithfulness"] == {"road": None}
+    assert metrics["layer_selection"]["selected_layer"] == "layer4.1"
+    assert metrics["layer_selection"]["n_validation"] == 0
+    pngs = sorted(p.name for p in (project / "gallery").glob("*.png"))
+    assert pngs and len(pngs) == metrics["gallery"]["n_images"]
+    assert "Not measured" in (project / "gradcam.md").read_text()

@@ -33,10 +33,13 @@ CONTEXTS = {
         rows=[["Macro AUC", ci({"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}), "n/a", signed(None)]]),
     "gradcam_summary.md.j2": dict(
         method="gradcam", n_annotated=2, n_test=5, cam_threshold=0.5,
+        layer_selection={"selected_layer": "blocks.5", "selected_by": "validation pointing game",
+                         "n_validation": 3},
         localization=[("CAM of the true class",
                        [{"name": "all", "n": 2, "values": [1.0, 0.5, 0.1, None, 0.25]}])],
-        road={"combined": 0.125, "n": 2, "percentiles": [20, 80], "morf": [-0.2, None],
-              "lerf": [0.0, 0.1]},
+        road={"combined": 0.125, "combined_ci_low": None, "combined_ci_high": None, "ci_level": 0.95,
+              "ci_method": "percentile bootstrap over images", "n": 2, "percentiles": [20, 80],
+              "morf": [-0.2, None], "lerf": [0.0, 0.1]},
         gallery=[{"name": "Malignant", "kinds": [("true positive", [("m_tp_1.png", "g/m_tp_1.png")]),
                                                  ("false positive", [])]}]),
     "data_audit.md.j2": dict(

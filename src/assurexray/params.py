@@ -117,6 +117,8 @@ class ExplainParams:
     cam_threshold: float = 0.5
     road_percentiles: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
     road_images: int = 24
+    road_bootstrap: int = 1000
+    layer_images: int = 48
     batch_size: int = 16
 
 

@@ -76,10 +76,17 @@ def content_box(width: int, height: int, scale: float, pad_x: int,
                 pad_y: int) -> tuple[int, int, int, int]:
     """Pixels (x0, y0, x1, y1), half-open, that hold the image in its letterboxed frame.
 
-    Arguments as in a meta.csv row; the padding is everything outside this box.
+    Arguments as in a meta.csv row; the padding is everything outside this box. The one
+    implementation: robustness corrupts, and localization and ROAD score, inside it.
     """
-    new_w, new_h = _resized(width, height, scale)
-    return pad_x, pad_y, pad_x + new_w, pad_y + new_h
+    new_w, new_h = _resized(int(width), int(height), float(scale))
+    return int(pad_x), int(pad_y), int(pad_x) + new_w, int(pad_y) + new_h
+
+
+def content_boxes(meta: pd.DataFrame) -> np.ndarray:
+    """(n, 4) int ``content_box`` of every row of a meta.csv frame, in row order."""
+    rows = meta[["width", "height", "scale", "pad_x", "pad_y"]].itertuples(index=False)
+    return np.array([content_box(*row) for row in rows], dtype=int).reshape(-1, 4)
 
 
 def map_points(points, scale: float, pad_x: int, pad_y: int) -> np.ndarray:

@@ -2,12 +2,12 @@
 clusters of images joined by any duplicate pair."""
 from __future__ import annotations
 
-from collections import Counter
-
 import cv2
 import numpy as np
 import pandas as pd
 import scipy.fft
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 HASH_BLOCK = 1024  # rows per block of the pairwise Hamming distance matrix
 
@@ -33,34 +33,21 @@ def near_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int, int
     return sorted(pairs)
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
 def cluster_ids(n: int, pairs: pd.DataFrame) -> list[str]:
-    """'dup001', ... per connected group of >= 2 rows, numbered by first member; '' if unique."""
-    uf = UnionFind(n)
-    for a, b in zip(pairs["a"], pairs["b"]):
-        uf.union(int(a), int(b))
-    roots = [uf.find(i) for i in range(n)]
-    sizes = Counter(roots)
+    """'dup001', ... per connected group of >= 2 rows, numbered by first member; '' if unique.
+
+    The groups are the connected components of the pair graph (scipy), so chains of near
+    duplicates (a~b, b~c) form one group.
+    """
+    edges = (pairs["a"].to_numpy(int), pairs["b"].to_numpy(int))
+    _, component = connected_components(coo_matrix((np.ones(len(pairs)), edges), shape=(n, n)),
+                                        directed=False)
+    sizes = np.bincount(component, minlength=1)
     names: dict[int, str] = {}
-    for root in roots:
-        if sizes[root] > 1 and root not in names:
-            names[root] = f"dup{len(names) + 1:03d}"
-    return [names.get(r, "") for r in roots]
+    for c in component:  # row order: a group is numbered by its first member
+        if sizes[c] > 1 and c not in names:
+            names[c] = f"dup{len(names) + 1:03d}"
+    return [names.get(c, "") for c in component]
 
 
 def duplicate_pairs(scans: list, max_distance: int) -> pd.DataFrame:

@@ -96,8 +96,10 @@ def render_triptych(path: str | Path, image: np.ndarray, cam: np.ndarray,
 
 
 def write_gallery(model, cache, transform, cases: Sequence[Case], classes: Sequence[str],
-                  out_dir: str | Path, method: str, batch_size: int) -> list[Path]:
-    """Render every case into ``out_dir`` (PNGs of an earlier run are removed first)."""
+                  out_dir: str | Path, method: str, batch_size: int,
+                  layer: str | None = None) -> list[Path]:
+    """Render every case into ``out_dir`` (PNGs of an earlier run are removed first), with the
+    CAM of target ``layer`` (None: the family's)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
@@ -108,7 +110,7 @@ def write_gallery(model, cache, transform, cases: Sequence[Case], classes: Seque
     ids = [c.image_id for c in cases]
     targets = np.array([list(classes).index(c.class_name) for c in cases])
     cams = cams_for_dataset(model, CachedDataset(cache, ids, None, transform), targets, method,
-                            batch_size)
+                            batch_size, layer)
     paths = []
     for case, cam_map in zip(cases, cams):
         path = out_dir / case.file_name
@@ -126,13 +128,15 @@ def summary_context(metrics: dict, cases: Sequence[Case], gallery_dir: str | Pat
     rel = Path(os.path.relpath(gallery_dir, Path(summary_path).parent)).as_posix()
     loc = metrics["localization"]
     road = (metrics["faithfulness"] or {}).get("road")
-    return {key: metrics[key] for key in ("method", "n_annotated", "n_test", "cam_threshold")} | {
+    keys = ("method", "n_annotated", "n_test", "cam_threshold", "layer_selection")
+    return {key: metrics[key] for key in keys} | {
         "localization": None if loc is None else
         [(title, _localization_rows(loc[target])) for target, title in
          (("true_class", "CAM of the true class"), ("predicted_class", "CAM of the predicted class"))],
         "road": None if road is None else
-        {"combined": road["combined"], "n": road["n"], "percentiles": road["percentiles"],
-         **{curve: [road[curve][str(p)] for p in road["percentiles"]] for curve in ("morf", "lerf")}},
+        {key: road[key] for key in ("combined", "combined_ci_low", "combined_ci_high", "ci_level",
+                                    "ci_method", "n", "percentiles")} |
+        {curve: [road[curve][str(p)] for p in road["percentiles"]] for curve in ("morf", "lerf")},
         "gallery": _gallery(cases, rel)}
 
 

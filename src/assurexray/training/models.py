@@ -146,9 +146,10 @@ def nhwc_to_nchw(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return features.permute(0, 3, 1, 2)
 
 
-# The second-to-last EfficientNet block stage (stride 32, before the last stage and the 1x1
-# head): on the default twin its CAM hit the lesion box 2x as often as bn2's; the head's maps
-# follow the strongest class evidence rather than each lesion.
+# The a-priori EfficientNet layer: the second-to-last block stage (stride 32, before the last
+# stage and the 1x1 head, whose maps tend to follow the strongest class evidence rather than
+# each lesion). The explain stage compares it with other candidates (cam_candidate_layers) on
+# annotated validation images and records the choice; no test figure picked it.
 register_family(Family("efficientnet", EfficientNet, "blocks.-2"))
 # conv_head runs after global pooling in MobileNetV3: the last block stage is the spatial one.
 register_family(Family("mobilenetv3", MobileNetV3, "blocks.-1"))
@@ -187,6 +188,24 @@ def cam_layer_name(model: nn.Module) -> str:
 def cam_target_layer(model: nn.Module) -> nn.Module:
     """The Grad-CAM target layer module (see ``cam_layer_name``)."""
     return model.get_submodule(cam_layer_name(model))
+
+
+def cam_candidate_layers(model: nn.Module, stages: int = 2) -> list[str]:
+    """Grad-CAM layers worth comparing on validation images: ``cam_layer_name`` (the a-priori
+    choice) first, then timm's ``stages`` deepest ``feature_info`` stages (all spatial and of
+    the family's layout, so the same ``cam_reshape_transform`` applies). A container whose
+    output is its last child's (``layer4`` and ``layer4.1``) is listed once, first name kept."""
+    names = [cam_layer_name(model)]
+    names += [info["module"] for info in (getattr(model, "feature_info", None) or [])[-stages:]]
+    seen, out = set(), []
+    for name in names:
+        module = model.get_submodule(name)
+        while isinstance(module, nn.Sequential) and len(module):  # same output as its last child
+            module = module[-1]
+        if id(module) not in seen:
+            seen.add(id(module))
+            out.append(name)
+    return out
 
 
 def cam_reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
