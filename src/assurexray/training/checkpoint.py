@@ -3,9 +3,14 @@
 Everything inside is a tensor or a primitive, so ``torch.load(..., weights_only=True)`` can read
 it and a checkpoint from elsewhere cannot run code on load. ``meta`` carries what every later
 stage needs to rebuild the model and its input pipeline without params.yaml.
+
+Provenance (git revision, dirty flag, time) lives in a JSON sidecar beside the weights
+(``model.pt`` -> ``model.provenance.json``), never in the ``.pt``: identical weights then give an
+identical file, so a retrain that changes nothing leaves every downstream DVC stage up to date.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from datetime import datetime, timezone
@@ -17,11 +22,12 @@ from torch import nn
 from assurexray.errors import AssureXRayError
 from assurexray.training.models import build_model
 
-# Keys every checkpoint's meta must hold (calibration adds ``temperature``); save_checkpoint
-# stamps the provenance keys itself.
+# Keys every checkpoint's meta must hold (calibration adds ``temperature``). The provenance
+# keys come from the sidecar on load ('unknown' when it is missing).
 REQUIRED_META = ("backbone", "classes", "image_size", "cache_size", "mean", "std", "dropout",
                  "params", "split", "epoch", "best_val_macro_auc")
 PROVENANCE_META = ("git_rev", "git_dirty", "created_at")
+UNKNOWN_PROVENANCE = {"git_rev": "unknown", "git_dirty": None, "created_at": "unknown"}
 
 
 class CheckpointError(AssureXRayError, ValueError):
@@ -29,15 +35,16 @@ class CheckpointError(AssureXRayError, ValueError):
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
-    """Write the weights and ``meta`` (stamped with git revision and time) atomically."""
+    """Write the weights and ``meta`` atomically, and the provenance sidecar beside them."""
     path = Path(path)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: meta lacks {missing}")
-    meta = {**meta, **provenance()}
+    meta = {k: v for k, v in meta.items() if k not in PROVENANCE_META}
     _check_plain(meta, "meta")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save({"state_dict": state, "meta": meta}, path)
+    provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -51,8 +58,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or not {"state_dict", "meta"} <= set(payload):
         raise CheckpointError(f"{path}: expected a dict with 'state_dict' and 'meta'")
-    meta = payload["meta"]
-    missing = [k for k in REQUIRED_META + PROVENANCE_META if k not in meta]
+    meta = {**UNKNOWN_PROVENANCE, **payload["meta"], **read_provenance(path)}
+    missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: meta lacks {missing}")
     model = build_model(meta["backbone"], len(meta["classes"]), pretrained=False,
@@ -70,6 +77,26 @@ def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def provenance_path(checkpoint: str | Path) -> Path:
+    """The provenance sidecar of a checkpoint: ``models/model.pt`` -> ``models/model.provenance.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".provenance.json")
+
+
+def read_provenance(checkpoint: str | Path) -> dict:
+    """The sidecar's provenance keys, or {} without a sidecar (a checkpoint copied alone, or
+    one written before the sidecar existed, which holds the keys in its own meta)."""
+    path = provenance_path(checkpoint)
+    if not path.is_file():
+        return {}
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable provenance sidecar ({exc}); delete it or "
+                              "rerun the stage that wrote the checkpoint") from exc
+    return {k: stamp.get(k, UNKNOWN_PROVENANCE[k]) for k in PROVENANCE_META}
 
 
 def provenance() -> dict:
