@@ -101,6 +101,7 @@ class TrainParams:
     clahe: bool = False
     deterministic: bool = True
     num_workers: int = 0
+    seed: int | None = None  # training's own seed (init, batches, augmentation); null = top-level
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def check_ranges(p: Params) -> None:
         ("train.patience", t.patience >= 0, ">= 0 (0 = never stop early)"),
         ("train.focal_gamma", t.focal_gamma >= 0, ">= 0"),
         ("train.num_workers", t.num_workers >= 0, ">= 0"),
+        ("train.seed", t.seed is None or t.seed >= 0, "null or >= 0"),
         ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
         ("explain.per_class", p.explain.per_class >= 0, ">= 0"),
         ("explain.cam_threshold", 0 < p.explain.cam_threshold < 1, "in (0, 1)"),
