@@ -143,3 +143,38 @@ def test_plot_folders_are_committed_not_cached():
             path, options = next(iter(out.items())) if isinstance(out, dict) else (out, {})
             if path.startswith("plots/"):
                 assert options.get("cache") is False, f"stage {name}: {path} is DVC-cached"
+
+
+# --- seed spread ----------------------------------------------------------------------------
+
+def exp_state(rev: str, name, seed, train_seed, auc: float) -> dict:
+    """One `dvc exp show --json` state (DVC 3.x ExpState) with the headline metric files."""
+    analysis = {"test": {k: {"value": auc - d} for k, d in
+                         (("macro_auc", 0), ("accuracy", 0.2), ("balanced_accuracy", 0.1))}}
+    analysis["test"]["sensitivity"] = {"Malignant": {"value": 0.8}}
+    metrics = {"metrics/analysis.json": {"data": analysis},
+               "metrics/calibration.json": {"data": {"test": {"after": {"ece": 0.1}}}},
+               "dvclive/train/metrics.json": {"data": {"best_val_macro_auc": auc - 0.05}}}
+    params = {"params.yaml": {"data": {"seed": seed, "train": {"seed": train_seed}}}}
+    return {"rev": rev, "name": name, "data": {"rev": rev, "metrics": metrics, "params": params},
+            "error": None, "experiments": None}
+
+
+def test_seed_spread_reads_committed_run_and_named_experiments(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("seed_spread", REPO / "scripts/seed_spread.py")
+    seed_spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_spread)
+    baseline = exp_state("a" * 40, "main", 42, None, 0.90)
+    baseline["experiments"] = [{"revs": [exp_state("b" * 40, "seed-1", 42, 1, 0.86)], "name": "seed-1"},
+                               {"revs": [exp_state("c" * 40, "other", 42, 7, 0.10)], "name": "other"},
+                               {"revs": [exp_state("d" * 40, "seed-2", 42, 2, 0.88)], "name": "seed-2"}]
+    exps = tmp_path / "exps.json"
+    exps.write_text(json.dumps([exp_state("workspace", None, 42, None, 0.5), baseline]))
+    seed_spread.main([str(exps), "--names", "seed-1", "seed-2", "--out", str(tmp_path / "o.json")])
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert [r["train_seed"] for r in out["runs"]] == [42, 1, 2]
+    auc = out["metrics"]["test_macro_auc"]
+    assert (auc["min"], auc["max"]) == (0.86, 0.90) and auc["mean"] == pytest.approx(0.88)
+    with pytest.raises(SystemExit, match="seed-3"):
+        seed_spread.main([str(exps), "--names", "seed-3", "--out", str(tmp_path / "o.json")])
