@@ -1,7 +1,10 @@
 """What makes a rerun give the same bytes: provenance outside the weights, runtime-only settings
 untracked by DVC, worker-independent augmentation, pinned dependencies, committed plots."""
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +181,27 @@ def test_seed_spread_reads_committed_run_and_named_experiments(tmp_path):
     assert (auc["min"], auc["max"]) == (0.86, 0.90) and auc["mean"] == pytest.approx(0.88)
     with pytest.raises(SystemExit, match="seed-3"):
         seed_spread.main([str(exps), "--names", "seed-3", "--out", str(tmp_path / "o.json")])
+
+
+# --- processor-independent training kernels -------------------------------------------------
+
+PROBE = """
+import torch
+print("aten", torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
+torch.nn.functional.conv2d(torch.ones(2, 3, 16, 16), torch.ones(4, 3, 3, 3))  # oneDNN
+torch.nn.functional.linear(torch.ones(4, 8), torch.ones(2, 8))                # MKL
+"""
+
+
+def test_train_command_pins_cpu_kernels_and_threads_and_they_take_effect():
+    cmd = PIPELINE["stages"]["train"]["cmd"]
+    env = dict(re.findall(r"(\w+)=(\S+)", cmd.split(" python ", 1)[0]))
+    assert set(env) == {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS"}
+    # The verbose switches make oneDNN and MKL print the code path they actually took.
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          env={**os.environ, **env, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"aten DEFAULT {env['OMP_NUM_THREADS']}" in out, out
+    assert "isa:Intel SSE4.1" in out, out
+    assert f"CNR:{env['MKL_CBWR']}" in out, out

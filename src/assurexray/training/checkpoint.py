@@ -100,7 +100,8 @@ def read_provenance(checkpoint: str | Path) -> dict:
 
 
 def provenance() -> dict:
-    """git revision (or 'unknown'), whether the code or params differ from it, and the time."""
+    """git revision (or 'unknown'), whether the code or params differ from it, the time, and
+    the numeric environment the weights came from (torch, CPU kernel level, threads)."""
     rev, dirty = "unknown", None
     try:
         rev = _git("rev-parse", "HEAD")
@@ -110,7 +111,9 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (e.g. an exported tree): provenance stays 'unknown'
     return {"git_rev": rev, "git_dirty": dirty,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def _git(*args: str) -> str:
