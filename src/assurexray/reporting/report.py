@@ -509,6 +509,10 @@ def caveats(inputs: Inputs) -> list[str]:
              "- Without patient ids, patient groups are inferred from consecutive metadata rows; "
              "an inferred group can split or merge patients.",
              *run_specific_caveats(inputs),
+             "- Reruns: on CPU, training runs pinned kernels on one thread, so the locked "
+             "environment rebuilds these weights on any x86-64 processor with AVX2; on a GPU, "
+             "another platform or other library builds a retrain differs about as much as one "
+             "training seed from another (README, Reproducibility; `scripts/seed_spread.sh`).",
              "- Recommendations: report the center-holdout split beside the stratified one; read "
              "every metric with its interval; re-fit the temperature and re-choose thresholds on "
              "data from any new site before comparing; look at the Grad-CAM gallery of errors.", "",
