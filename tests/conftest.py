@@ -11,6 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def shared_btxrd() -> Path:
+    return shared_btxrd_dir()
+
+
+def shared_btxrd_dir() -> Path:
     """The real BTXRD reference files: ../shared/btxrd beside the clone, or $ASSUREXRAY_SHARED.
 
     A fresh clone without them skips these tests with the reason shown in the summary

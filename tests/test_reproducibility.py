@@ -205,3 +205,20 @@ def test_train_command_pins_cpu_kernels_and_threads_and_they_take_effect():
     assert f"aten {env['ATEN_CPU_CAPABILITY'].upper()} {env['OMP_NUM_THREADS']}" in out, out
     assert f"isa:Intel {env['ONEDNN_MAX_CPU_ISA']}" in out, out
     assert f"CNR:{env['MKL_CBWR']}" in out, out
+
+
+# --- a fresh clone without ../shared ---------------------------------------------------------
+
+def test_missing_shared_files_skip_with_reason_but_fail_under_ci(tmp_path, monkeypatch):
+    from conftest import shared_btxrd_dir
+
+    monkeypatch.setenv("ASSUREXRAY_SHARED", str(tmp_path))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="btxrd is missing"):
+        shared_btxrd_dir()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        shared_btxrd_dir()
+    (tmp_path / "btxrd").mkdir()
+    (tmp_path / "btxrd" / "dataset.csv").write_text("image_id\n")
+    assert shared_btxrd_dir() == tmp_path / "btxrd"
