@@ -9,6 +9,7 @@ source "$(dirname "$0")/env.sh"
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(1 2)
 for seed in "${seeds[@]}"; do
+  dvc exp remove "seed-$seed" >/dev/null 2>&1 || true   # a previous spread's run of this seed
   dvc exp run --queue --name "seed-$seed" -S "train.seed=$seed"
 done
 dvc queue start --jobs 1
