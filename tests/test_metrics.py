@@ -1,6 +1,7 @@
 """metrics.py against scikit-learn on known and random arrays; evaluation.py helpers."""
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -216,6 +217,6 @@ def test_write_plots_and_absent_class(tmp_path):
 def test_check_cache_size():
     class Cache:
         size = 64
-    check_cache_size({"cache_size": 64}, Cache(), "c")
+    check_cache_size(SimpleNamespace(cache_size=64), Cache(), "c")
     with pytest.raises(ValueError, match="c: cache images are 64 px"):
-        check_cache_size({"cache_size": 256}, Cache(), "c")
+        check_cache_size(SimpleNamespace(cache_size=256), Cache(), "c")
