@@ -26,7 +26,8 @@ class CachedDataset(Dataset):
     (``cache.ImageCache``). Without labels the class index is ``UNLABELLED`` (-1).
     """
 
-    def __init__(self, cache, image_ids: Sequence[str], labels: np.ndarray | None, transform):
+    def __init__(self, cache, image_ids: Sequence[str] | np.ndarray, labels: np.ndarray | None,
+                 transform):
         if labels is not None and len(labels) != len(image_ids):
             raise ValueError(f"{len(image_ids)} image ids but {len(labels)} labels")
         self.images = cache.images
@@ -46,7 +47,7 @@ class CachedDataset(Dataset):
         reseed(self.transform, seed)
 
 
-def _rows(cache, image_ids: Sequence[str]) -> np.ndarray:
+def _rows(cache, image_ids: Sequence[str] | np.ndarray) -> np.ndarray:
     rows, missing = [], []
     for image_id in image_ids:
         try:
@@ -92,7 +93,7 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make this epoch's shuffling and augmentation a function of (seed, epoch) only."""
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     loader.generator.manual_seed(epoch_seed)
-    loader.dataset.reseed(epoch_seed)  # used as is when loading in the main process
+    _cached(loader.dataset).reseed(epoch_seed)  # used as is when loading in the main process
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -100,4 +101,14 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    get_worker_info().dataset.reseed(seed)
+    info = get_worker_info()
+    assert info is not None, "worker_init_fn runs only in a DataLoader worker"
+    _cached(info.dataset).reseed(seed)
+
+
+def _cached(dataset: Dataset) -> CachedDataset:
+    # Only make_loader's CachedDataset knows how to reseed its augmentation.
+    if not isinstance(dataset, CachedDataset):
+        raise TypeError(f"expected a loader from make_loader over a CachedDataset, "
+                        f"got a {type(dataset).__name__}")
+    return dataset
