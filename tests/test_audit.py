@@ -92,7 +92,8 @@ def handmade(tmp_path_factory):
         row("rect3", image("rect3", 9), "Benign", ann("rect3", [
             ("rectangle", osteo, [[1, 1], [5, 5], [9, 9]])] + lesion(osteo)[1:]), osteo),
         row("outside", image("outside", 10), "Benign", ann("outside", lesion(osteo, x1=260)), osteo),
-        row("wrong_label", image("wrong_label", 11), "Benign", ann("wrong_label", lesion("osteosarcoma")), osteo),
+        row("wrong_label", image("wrong_label", 11), "Benign",
+            ann("wrong_label", lesion("osteosarcoma")), osteo),
         row("wrong_size", image("wrong_size", 12), "Benign", ann("wrong_size", lesion(osteo), w=400), osteo),
         row("no_ann_file", image("no_ann_file", 13), "Benign", str(d / "gone.json"), osteo),
         row("unannotated", image("unannotated", 14), "Malignant"),

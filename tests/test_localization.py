@@ -87,7 +87,8 @@ def test_energy_chance_and_ious_known_answers():
     cam = np.zeros((10, 10))
     cam[2:8, 0:10] = 0.2                       # content rows 2..7
     cam[4:6, 0:5] = 1.0
-    lesions = [{"label": "x", "box": [0, 2, 5, 8], "polygon": [[0.2, 4.2], [4.8, 4.2], [4.8, 5.8], [0.2, 5.8]]}]
+    lesions = [{"label": "x", "box": [0, 2, 5, 8],
+                "polygon": [[0.2, 4.2], [4.8, 4.2], [4.8, 5.8], [0.2, 5.8]]}]
     score = loc.score_cam(cam, lesions, content_box=[0, 2, 10, 8], threshold=0.5)
     assert score.pointing == 1.0
     inside = 0.2 * 20 + 1.0 * 10

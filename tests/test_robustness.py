@@ -158,7 +158,7 @@ def test_evaluate_robustness_reports_real_drops(tiny_cache, tmp_path):
                                  batch_size=7, device="cpu", seed=0)
     assert report["n"] == len(ids) and report["clean"]["accuracy"] == 1.0
     assert set(report["corruptions"]) == set(CORRUPTIONS)
-    for name, levels in report["corruptions"].items():
+    for levels in report["corruptions"].values():
         assert list(levels) == ["1", "2"]
         for r in levels.values():
             for k in ("macro_auc", "accuracy", "balanced_accuracy"):

@@ -73,7 +73,8 @@ def test_manifest_csv_builds_a_valid_index(manifest_csv, tmp_path):
     assert rows["imgs_d"]["annotation"] == "" and rows["imgs_d"]["ingest_issue"].startswith("annotation box")
     # the index survives the CSV round trip the next stages use
     write_index(index, tmp_path / "index.csv")
-    pd.testing.assert_frame_equal(read_index(tmp_path / "index.csv"), index.astype({"width": int, "height": int}))
+    pd.testing.assert_frame_equal(read_index(tmp_path / "index.csv"),
+                                  index.astype({"width": int, "height": int}))
 
 
 def test_manifest_boxes_become_labelme_that_the_btxrd_parser_reads(manifest_csv, tmp_path):
@@ -82,10 +83,11 @@ def test_manifest_boxes_become_labelme_that_the_btxrd_parser_reads(manifest_csv,
     assert Path(ann).parent == tmp_path / "raw" / "annotations"
     parsed = btxrd.read_labelme(ann)
     assert (parsed.width, parsed.height) == (120, 90)
-    assert sorted(l.box for l in parsed.lesions) == [(10, 20, 50, 60), (60, 10, 100, 40)]
-    assert all(l.label == "tumour" and len(l.polygon) == 4 for l in parsed.lesions)
+    assert sorted(lesion.box for lesion in parsed.lesions) == [(10, 20, 50, 60), (60, 10, 100, 40)]
+    assert all(lesion.label == "tumour" and len(lesion.polygon) == 4 for lesion in parsed.lesions)
     doc = json.loads(Path(ann).read_text())
-    assert (Path(ann).parent / doc["imagePath"]).resolve() == (manifest_csv.parent / "imgs" / "a.png").resolve()
+    assert ((Path(ann).parent / doc["imagePath"]).resolve()
+            == (manifest_csv.parent / "imgs" / "a.png").resolve())
 
 
 def test_manifest_then_audit_keeps_every_row(manifest_csv, tmp_path):
@@ -94,7 +96,8 @@ def test_manifest_then_audit_keeps_every_row(manifest_csv, tmp_path):
                              AuditParams(workers=1))
     q = result.quality.set_index("image_id")
     assert list(result.quality["image_id"]) == list(index["image_id"])
-    assert q.at["imgs_a", "usable"] and q.at["imgs_a", "annotation_usable"] and q.at["imgs_a", "warnings"] == ""
+    assert q.at["imgs_a", "usable"] and q.at["imgs_a", "annotation_usable"]
+    assert q.at["imgs_a", "warnings"] == ""
     assert not q.at["other_c", "usable"] and audit.EMPTY_LABEL in q.at["other_c", "reason"]
     assert not q.at["imgs_b", "usable"] and audit.BAD_METADATA in q.at["imgs_b", "reason"]
     assert not q.at["row6", "usable"] and audit.MISSING in q.at["row6", "reason"]
@@ -220,7 +223,7 @@ def test_prepare_source_btxrd_variants_share_one_ingest(tiny_twin, tmp_path, mon
     folder = dataclasses.replace(params.data.btxrd_dir, path=str(tiny_twin))
     local = sources.prepare_source(with_data(params, source="btxrd_dir", btxrd_dir=folder,
                                              tracked_path=str(tiny_twin)), tmp_path / "raw2")
-    for index, notes, info in (fetched, local):
+    for index, _, info in (fetched, local):
         assert info.classes == btxrd.CLASSES and info.root == str(tiny_twin)
         assert list(index.columns) == INDEX_COLUMNS
     pd.testing.assert_frame_equal(fetched[0], local[0])

@@ -39,7 +39,7 @@ def patient_index(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFram
     """Patients of 1-4 consecutive views; ~3% excluded; a few duplicate pairs across patients."""
     rng = np.random.default_rng(seed)
     rows = []
-    for p in range(n_patients):
+    for _ in range(n_patients):
         center = str(rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1]))
         label = str(rng.choice(CLASSES, p=[0.5, 0.4, 0.1]))
         patient = {"center": center, "label": label, "age": str(rng.integers(1, 89)),

@@ -45,7 +45,10 @@ def fake_split(n_groups: int, views: int, seed: int, prefix: str) -> tuple[pd.Da
         preds[f"prob_{c}"] = probs[:, i]
     for i, c in enumerate(CLASSES):
         preds[f"logit_{c}"] = logits[:, i]
-    per_group = lambda values, p=None: np.repeat(rng.choice(values, size=n_groups, p=p), views)
+
+    def per_group(values, p=None):
+        return np.repeat(rng.choice(values, size=n_groups, p=p), views)
+
     index = pd.DataFrame({c: [""] * n for c in INDEX_COLUMNS})
     index["image_id"] = ids
     index["file"] = [f"data/raw/{i}.jpeg" for i in ids]

@@ -147,7 +147,8 @@ def scan_images(files: list[str], max_pixels: int, workers: int = 1) -> list[Sca
 
 def ingest_findings(ingest_issue: str) -> tuple[list[str], list[str]]:
     """(exclusion reasons, warnings) from an index row's ';'-joined ingest_issue."""
-    reasons, warnings = [], []
+    reasons: list[str] = []
+    warnings: list[str] = []
     for issue in filter(None, (part.strip() for part in ingest_issue.split(";"))):
         kind = next((k for prefix, k in INGEST_ISSUE_KINDS if issue.startswith(prefix)), BAD_METADATA)
         (warnings if kind == ANNOTATION_INGEST else reasons).append(

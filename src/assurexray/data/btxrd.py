@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ IMAGES_DIR = "images"
 ANNOTATIONS_DIR = "Annotations"
 NOTE_COLUMNS = ["path", "reason"]
 LABELME_VERSION = "5.4.1"  # the release's annotation files
+Shape = tuple[int, str, np.ndarray]  # (position in the file, label, (n, 2) points)
 
 
 class MetadataError(AssureXRayError, ValueError):
@@ -125,7 +127,8 @@ def read_labelme(path: str | Path) -> LabelmeFile:
     shapes = doc.get("shapes")
     if not isinstance(shapes, list) or not shapes:
         raise AnnotationError(f"{path}: 'shapes' is missing or empty")
-    rects, polys = [], []
+    rects: list[Shape] = []
+    polys: list[Shape] = []
     for i, shape in enumerate(shapes):
         kind, label, points = _check_shape(path, i, shape)
         (rects if kind == "rectangle" else polys).append((i, label, points))
@@ -162,7 +165,7 @@ def _check_shape(path: Path, i: int, shape) -> tuple[str, str, np.ndarray]:
     return kind, label, points
 
 
-def _pair_shapes(path: Path, rects: list, polys: list) -> list[Lesion]:
+def _pair_shapes(path: Path, rects: list[Shape], polys: list[Shape]) -> list[Lesion]:
     """Pair each rectangle with the same-label polygon it overlaps most (optimal assignment).
 
     Position in the file is no guide: one real file stores rectangle, polygon, polygon, rectangle.
@@ -236,7 +239,7 @@ def ingest_btxrd_dir(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return index, pd.DataFrame([(str(p), r) for p, r in sorted(notes.items())], columns=NOTE_COLUMNS)
 
 
-def _files_by_stem(folder: Path, suffixes: set[str], wanted: set[str],
+def _files_by_stem(folder: Path, suffixes: Collection[str], wanted: set[str],
                    notes: dict[Path, str]) -> dict[str, Path]:
     """Direct children of ``folder`` by stem; when two files share a stem, the one whose name
     equals a metadata image_id wins and the other is noted."""
@@ -286,7 +289,7 @@ def _metadata_entry(row: pd.Series, images: dict, annotations: dict) -> dict:
 
 
 def _orphan_image_entry(stem: str, image: Path, annotations: dict) -> dict:
-    entry = dict.fromkeys(INDEX_COLUMNS, "")
+    entry: dict[str, str | int] = dict.fromkeys(INDEX_COLUMNS, "")
     annotation = annotations.get(stem)
     entry.update(image_id=stem, file=str(image), annotation=str(annotation) if annotation else "",
                  width=-1, height=-1, ingest_issue="no metadata row")
@@ -377,6 +380,7 @@ def labelme_text(image_name: str, width: int | None, height: int | None, lesions
     rects = [shape(label, [box[2:], box[:2]] if reversed_corners else [box[:2], box[2:]], "rectangle")
              for label, box, _ in lesions]
     polys = [shape(label, poly, "polygon") for label, _, poly in lesions]
-    doc = {"version": LABELME_VERSION, "flags": {}, "shapes": rects + polys, "imagePath": image_name,
-           "imageData": None, "imageHeight": height, "imageWidth": width}
+    doc: dict[str, object] = {
+        "version": LABELME_VERSION, "flags": {}, "shapes": rects + polys, "imagePath": image_name,
+        "imageData": None, "imageHeight": height, "imageWidth": width}
     return json.dumps(doc, indent=2, ensure_ascii=False).replace("\n", "\r\n")

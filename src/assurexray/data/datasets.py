@@ -28,7 +28,8 @@ class CachedDataset(Dataset):
     (``cache.ImageCache``). Without labels the class index is ``UNLABELLED`` (-1).
     """
 
-    def __init__(self, cache, image_ids: Sequence[str], labels: np.ndarray | None, transform):
+    def __init__(self, cache, image_ids: Sequence[str] | np.ndarray, labels: np.ndarray | None,
+                 transform):
         if labels is not None and len(labels) != len(image_ids):
             raise ValueError(f"{len(image_ids)} image ids but {len(labels)} labels")
         self.images = cache.images
@@ -53,7 +54,7 @@ class CachedDataset(Dataset):
         self.epoch_seed = seed
 
 
-def _rows(cache, image_ids: Sequence[str]) -> np.ndarray:
+def _rows(cache, image_ids: Sequence[str] | np.ndarray) -> np.ndarray:
     rows, missing = [], []
     for image_id in image_ids:
         try:
@@ -99,7 +100,7 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make this epoch's shuffling and augmentation a function of (seed, epoch) only."""
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     loader.generator.manual_seed(epoch_seed)
-    loader.dataset.reseed(epoch_seed)  # workers get a copy when the epoch starts
+    _cached(loader.dataset).reseed(epoch_seed)  # workers get a copy when the epoch starts
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -108,3 +109,11 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _cached(dataset: Dataset) -> CachedDataset:
+    # Only make_loader's CachedDataset knows how to reseed its augmentation.
+    if not isinstance(dataset, CachedDataset):
+        raise TypeError(f"expected a loader from make_loader over a CachedDataset, "
+                        f"got a {type(dataset).__name__}")
+    return dataset

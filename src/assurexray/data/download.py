@@ -97,6 +97,7 @@ def fetch(url: str, dest: Path, size: int | None = None, md5: str | None = None,
 
 def _download_with_retries(url: str, part: Path, size: int | None, chunk: int, retries: int,
                            timeout: float, backoff: float) -> None:
+    error: OSError | http.client.HTTPException
     for attempt in range(retries + 1):
         try:
             _download(url, part, size, chunk, timeout)

@@ -202,10 +202,10 @@ def id_paths(files: list[str], base: Path) -> list[str]:
     """What image ids derive from: each absolute path relative to ``base`` (the manifest's
     folder) or, for files outside it, to the deepest folder holding all of those, so the same
     data in another folder gives the same ids. Anything else (a row key) passes unchanged."""
-    base = os.path.abspath(base)
-    outside = {f for f in files if os.path.isabs(f) and os.path.commonpath([f, base]) != base}
-    root = os.path.commonpath([os.path.dirname(f) for f in outside]) if outside else base
-    return [os.path.relpath(f, root if f in outside else base) if os.path.isabs(f) else f
+    home = os.path.abspath(base)
+    outside = {f for f in files if os.path.isabs(f) and os.path.commonpath([f, home]) != home}
+    root = os.path.commonpath([os.path.dirname(f) for f in outside]) if outside else home
+    return [os.path.relpath(f, root if f in outside else home) if os.path.isabs(f) else f
             for f in files]
 
 
@@ -237,9 +237,10 @@ def _entry_of_rows(key: str, base: Path, rows: list[pd.Series]) -> _Entry:
 
 def _box(cells: list[str]) -> tuple[float, float, float, float] | None:
     try:
-        box = tuple(float(c) for c in cells)
+        x0, y0, x1, y1 = (float(c) for c in cells)
     except ValueError:
         return None
+    box = (x0, y0, x1, y1)
     return box if all(map(math.isfinite, box)) else None
 
 
@@ -297,7 +298,7 @@ def unique_ids(rel_paths: list[str]) -> list[str]:
 
 
 def write_labelme(path: str | Path, image_file: str, width: int, height: int, label: str,
-                  boxes: list[tuple[float, ...]]) -> None:
+                  boxes: list[tuple[float, float, float, float]]) -> None:
     """A LabelMe file with one rectangle and one matching 4-corner polygon per box."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -222,9 +223,10 @@ def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[in
 def split_metrics(frame: pd.DataFrame, quality: pd.DataFrame, classes: list[str]) -> dict:
     """Counts by partition x class and x center, groups per partition, computed leakage checks."""
     placed = frame[frame["partition"] != ""]
-    metrics = {"images": {"usable": len(frame), "withheld": int((frame["partition"] == "").sum()),
-                          "excluded": int((~quality["usable"].astype(bool)).sum())},
-               "groups": {"total": int(frame["group"].nunique())}}
+    metrics: dict[str, dict[str, Any]] = {
+        "images": {"usable": len(frame), "withheld": int((frame["partition"] == "").sum()),
+                   "excluded": int((~quality["usable"].astype(bool)).sum())},
+        "groups": {"total": int(frame["group"].nunique())}}
     for name in PARTITIONS:
         part = placed[placed["partition"] == name]
         by_class = part["label"].value_counts()

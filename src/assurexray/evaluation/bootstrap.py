@@ -129,7 +129,7 @@ def weighted_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
     auc = np.column_stack([weighted_auc(truth[:, c], probs[:, c], weights) for c in range(k)])
     present = np.isfinite(sensitivity)
     balanced = ratio(np.where(present, sensitivity, 0).sum(axis=1), present.sum(axis=1))
-    return {"balanced_accuracy": balanced, "macro_auc": macro_auc(auc), "auc": auc}
+    return {"balanced_accuracy": balanced, "macro_auc": np.asarray(macro_auc(auc)), "auc": auc}
 
 
 def summarize(values: np.ndarray, ci_level: float) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -96,7 +97,7 @@ def temperature_scaling_report(val_logits: np.ndarray, val_y: np.ndarray, test_l
                                test_y: np.ndarray, n_bins: int) -> dict:
     """Fit T on validation, then {temperature, n_bins, val|test: {before, after: summary}}."""
     temperature = fit_temperature(val_logits, val_y)
-    report = {"temperature": temperature, "n_bins": n_bins}
+    report: dict[str, Any] = {"temperature": temperature, "n_bins": n_bins}
     for name, logits, y in (("val", val_logits, val_y), ("test", test_logits, test_y)):
         report[name] = {"before": calibration_summary(logits, y, n_bins),
                         "after": calibration_summary(logits, y, n_bins, temperature)}

@@ -87,16 +87,16 @@ def plot_roc(roc: list[dict], aucs: dict[str, float], path: str | Path) -> None:
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path) -> None:
-    matrix = np.asarray(matrix)
+    counts = np.asarray(matrix)
     fig = Figure(figsize=(4.5, 4), dpi=120)
     ax = fig.subplots()
-    image = ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax)
     ticks = np.arange(len(classes))
     ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes,
            xlabel="Predicted", ylabel="Actual", title="Confusion matrix (test)")
-    for (r, c), count in np.ndenumerate(matrix):
+    for (r, c), count in np.ndenumerate(counts):
         ax.text(c, r, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black")
+                color="white" if count > counts.max() / 2 else "black")
     fig.tight_layout()
     fig.savefig(path)

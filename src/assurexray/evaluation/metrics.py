@@ -111,7 +111,7 @@ def per_class_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, np.nda
     predicted = probs.argmax(axis=-1)[..., None] == np.arange(k)
     onehot, predicted = np.moveaxis(onehot, -1, -2), np.moveaxis(predicted, -1, -2)
     out = binary_rates(onehot, predicted)                           # (..., K)
-    out["auc"] = ovr_auc(onehot, np.moveaxis(probs, -1, -2))
+    out["auc"] = np.asarray(ovr_auc(onehot, np.moveaxis(probs, -1, -2)))  # (..., K): never a scalar
     out["support"] = onehot.sum(axis=-1)
     return out
 

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -147,7 +148,7 @@ def fit_operating_points(y_true: np.ndarray, probs: np.ndarray, classes: list[st
     """
     if decision not in POINTS:
         raise ValueError(f"decision must be one of {POINTS}, got {decision!r}")
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, task in binary_tasks(classes).items():
         if isinstance(task, str):
             log.warning("operating points %s skipped: %s", name, task)

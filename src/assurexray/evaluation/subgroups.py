@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,7 +121,7 @@ def _or_none(value) -> float | None:
 def summarize_subgroups(table: pd.DataFrame, min_size: int) -> dict:
     """Per factor: level counts and the macro AUC range over the levels that are not small
     (stable keys for `dvc exp show`)."""
-    out = {"min_subgroup_size": min_size}
+    out: dict[str, Any] = {"min_subgroup_size": min_size}
     for factor in FACTORS:
         levels = table[table["factor"] == factor]
         reliable = levels[~levels["small"] & levels["macro_auc"].notna()]

@@ -29,8 +29,9 @@ from assurexray.training.models import cam_reshape_transform, cam_target_layer
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
            "eigencam": EigenCAM}
 
-def compute_cams(model: torch.nn.Module, inputs: torch.Tensor, target_classes: Sequence[int],
-                 method: str = "gradcam", layer: str | None = None) -> np.ndarray:
+def compute_cams(model: torch.nn.Module, inputs: torch.Tensor,
+                 target_classes: Sequence[int] | np.ndarray, method: str = "gradcam",
+                 layer: str | None = None) -> np.ndarray:
     """(N, H, W) float32 maps in [0, 1] at the model input resolution, one per input.
 
     Each map is for its ``target_classes`` entry (the class logit is the target). ``layer``:
@@ -109,7 +110,7 @@ def road_scores(model: torch.nn.Module, dataset: Dataset, cams: np.ndarray,
     rng = np.random.default_rng(seed)
     crops = [content_crop(box, cam.shape) for box, cam in zip(content_boxes, cams)]
     ranks = [tie_broken_ranks(cam[crop], rng) for cam, crop in zip(cams, crops)]
-    out = {"morf": [], "lerf": []}
+    out: dict[str, list[list[np.ndarray]]] = {"morf": [], "lerf": []}
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -147,7 +148,7 @@ def road_inputs(batch: torch.Tensor, ranks: Sequence[np.ndarray],
 
 def _target_scores(model: torch.nn.Module, inputs: torch.Tensor, targets) -> np.ndarray:
     with torch.inference_mode():
-        return np.float32([t(o).item() for t, o in zip(targets, model(inputs))])
+        return np.asarray([t(o).item() for t, o in zip(targets, model(inputs))], dtype=np.float32)
 
 
 def seeded_subset(n: int, max_images: int, seed: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -122,7 +123,7 @@ def evaluate_robustness(model: torch.nn.Module, cache, image_ids, labels: np.nda
     boxes = content_boxes(cache.meta.set_index("row").loc[rows])
     clean = summary(predict_images(model, ArrayCache(images, image_ids), image_ids, labels,
                                    classes, transform, batch_size, device))
-    results = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     passes = [(name, s) for name in CORRUPTIONS for s in range(1, severities + 1)]
     for name, s in progress(passes, desc="robustness", unit="pass"):
         corrupt, settings = corruption(name, s, severities, seed)

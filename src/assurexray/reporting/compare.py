@@ -86,8 +86,8 @@ def comparison(by_split: dict[str, dict]) -> list[dict]:
     for label, path, key in METRICS:
         cells = {s: as_interval(lookup(by_split[s]["metrics"], path, key)) if s in by_split else None
                  for s in SPLITS}
-        values = [c["value"] if c else None for c in cells.values()]
-        gap = values[1] - values[0] if None not in values else None
+        first, second = (c["value"] if c else None for c in cells.values())
+        gap = second - first if first is not None and second is not None else None
         rows.append({"metric": label, "file": path, "key": key, **cells, "gap": gap})
     return rows
 

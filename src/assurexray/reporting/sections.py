@@ -36,8 +36,10 @@ def citation_text(citation: dict, where: str) -> str:
         return f"doi {doi}"
     parts = [citation.get(k) if isinstance(citation, dict) else None
              for k in ("repository", "commit", "file")]
-    if all(isinstance(p, str) and p for p in parts) and COMMIT.match(parts[1]):
-        return f"{parts[0]} at commit {parts[1]}, file `{parts[2]}`"
+    given = [p for p in parts if isinstance(p, str) and p]
+    if len(given) == len(parts) and COMMIT.match(given[1]):
+        repository, commit, file = given
+        return f"{repository} at commit {commit}, file `{file}`"
     raise CitationError(f"{PUBLISHED_FILE}: {where} has no citation (a paper doi, or repository, "
                         "40-hex commit and file)")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import timm
 import torch
@@ -33,6 +34,19 @@ class WeightsFileError(AssureXRayError, ValueError):
     """A local weights file is missing, unreadable or does not fit the backbone."""
 
 
+class TimmModel(Protocol):
+    """What every timm model has beyond nn.Module (and what this module uses of it)."""
+    pretrained_cfg: dict[str, Any]
+
+    def get_classifier(self) -> nn.Module: ...
+
+
+def _timm(model: nn.Module) -> TimmModel:
+    # timm.create_model is annotated as returning a bare nn.Module, yet every model it
+    # builds carries these; the cast names that fact once instead of at each use.
+    return cast(TimmModel, model)
+
+
 def build_model(backbone: str, num_classes: int, pretrained: bool = False,
                 weights_path: str | Path | None = None, dropout: float = 0.2) -> nn.Module:
     """A timm classifier taking (N, 3, H, W) and returning (N, num_classes) logits.
@@ -54,11 +68,12 @@ def build_model(backbone: str, num_classes: int, pretrained: bool = False,
             f"could not fetch pretrained weights for {backbone!r} ({exc}). Either set "
             "model.pretrained: false to train from scratch, or download the weights on a "
             "machine with network access and set model.weights_path to the local file") from exc
-    if not (from_hub and model.pretrained_cfg.get("num_classes") == num_classes):
+    if not (from_hub and _timm(model).pretrained_cfg.get("num_classes") == num_classes):
         init_head(model)
     if weights_path is not None:
         load_weights(model, weights_path)
-    model.backbone_name = backbone
+    # nn.Module.__setattr__ is typed for tensors and modules only, yet stores any attribute.
+    model.backbone_name = backbone  # type: ignore[assignment]
     return model
 
 
@@ -70,9 +85,9 @@ def init_head(model: nn.Module) -> None:
     thousand radiographs that diverged. Weights N(0, 0.01) and zero bias start near uniform
     probabilities while keeping gradients (and Grad-CAM maps) non-zero.
     """
-    head = model.get_classifier()
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
+    head = _timm(model).get_classifier()
+    nn.init.normal_(head.get_parameter("weight"), std=0.01)
+    nn.init.zeros_(head.get_parameter("bias"))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -88,7 +103,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # one of our checkpoints: start from its weights
     own = model.state_dict()
-    head = model.pretrained_cfg["classifier"] + "."
+    head = _timm(model).pretrained_cfg["classifier"] + "."
     reset = [k for k in state if k.startswith(head) and k in own and state[k].shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in reset}
     try:
@@ -222,7 +237,12 @@ def _resolve(model: nn.Module, path: str) -> str:
     for part in path.split("."):
         if part.lstrip("-").isdigit():
             index = int(part)
-            part = str(index % len(module) if index < 0 else index)
+            if index < 0:
+                if not isinstance(module, Sized):
+                    raise ValueError(f"{path}: negative index {part} into a "
+                                     f"{type(module).__name__}, which has no length")
+                index %= len(module)
+            part = str(index)
         module = module.get_submodule(part)
         names.append(part)
     return ".".join(names)

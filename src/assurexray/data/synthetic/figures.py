@@ -44,7 +44,7 @@ DUPLICATE_PAIRS = 21    # exact-duplicate pairs found by hash audits (README)
 # Proportions below are rounded aggregate shares of the published release metadata (subtype
 # counts, site combinations, age deciles, sex ratio per class); they are summary statistics only.
 # Subtype shares (%) within each class.
-SUBTYPE_SHARES = {
+SUBTYPE_SHARES: dict[str, dict[str, float]] = {
     "Benign": {"osteochondroma": 49, "multiple osteochondromas": 17, "simple bone cyst": 13.5,
                "giant cell tumor": 6, "osteofibroma": 3, "synovial osteochondroma": 3.5,
                "other bt": 8},

@@ -100,7 +100,7 @@ def _assign_views(rows: list[Row], rng) -> list[Row]:
         stop = start
         while stop < len(rows) and rows[stop].patient.index == rows[start].patient.index:
             stop += 1
-        for row, view in zip(rows[start:stop], sorted(views[start:stop], key=rank.get)):
+        for row, view in zip(rows[start:stop], sorted(views[start:stop], key=rank.__getitem__)):
             out.append(replace(row, view=str(view)))
         start = stop
     return out

@@ -53,9 +53,9 @@ def generate_twin(root: str | Path, n_images: int = 1200, seed: int = 42, defect
     annotated = _write_images(out, rows, seed, min_side, max_side)
     meta = [metadata_row(r) for r in rows]
     planted = {"defects": plant_defects(out, rows, meta, annotated, rng_for(seed, 6)) if defects else {},
-               "quirks": plant_quirks(out, rows, annotated, rng_for(seed, 5))}
+               "quirks": plant_quirks(out, rows, annotated, rng_for(seed, 5)),
+               "seed": seed, "n_images": n_images}
     (out / "dataset.xlsx").write_bytes(xlsx_bytes(btxrd.METADATA_COLUMNS, meta))
-    planted.update(seed=seed, n_images=n_images)
     (root / PLANTED_NAME).write_text(json.dumps(planted, indent=2, sort_keys=True) + "\n")
     log.info("synthetic twin: %d images (%d annotated) in %s", n_images, len(annotated), out)
     return out
