@@ -123,9 +123,9 @@ class Predictor:
                 bar.update(len(chunk))
 
     def _records(self, chunk, loaded, start, cam_dir, cam_method) -> list[dict]:
-        records = [{"file": str(p), "error": item} if isinstance(item, str) else None
-                   for p, item in zip(chunk, loaded)]
-        ok = [i for i, record in enumerate(records) if record is None]
+        records: list[dict] = [{"file": str(p), "error": item} if isinstance(item, str) else {}
+                               for p, item in zip(chunk, loaded)]
+        ok = [i for i, record in enumerate(records) if not record]
         if not ok:
             return records
         inputs = torch.stack([loaded[i][0] for i in ok])
@@ -148,8 +148,8 @@ class Predictor:
             calibrated = softmax(logits.astype(np.float64) / self.meta.temperature)
             record["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
             # calibrate fits the thresholds on this (calibrated) scale and stores them beside T
-            if self.meta.get("operating_points"):
-                record["decisions"] = decide(self.meta["operating_points"], calibrated,
+            if self.meta.operating_points:
+                record["decisions"] = decide(self.meta.operating_points, calibrated,
                                              self.classes)
         record["checkpoint"] = self.identity
         return record

@@ -142,6 +142,8 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config
         live.summary["best_epoch"] = state.best_epoch
         live.summary["best_val_macro_auc"] = state.history[state.best_epoch]["val_macro_auc"]
         live.summary["selection_metric"] = state.selection
+    if best_state is None:  # params guarantee train.epochs >= 1, so an epoch always ran
+        raise RuntimeError("training finished without a completed epoch")
     return best_state, state
 
 
@@ -204,7 +206,8 @@ class Loop:
         return (images.to(self.device, non_blocking=True, memory_format=fmt),
                 labels.to(self.device, non_blocking=True))
 
-    def save(self, path: Path, fingerprint: str, state: TrainState, best_state: dict) -> None:
+    def save(self, path: Path, fingerprint: str, state: TrainState,
+             best_state: dict | None) -> None:
         atomic_save({"fingerprint": fingerprint, "state": asdict(state),
                      "model": self.model.state_dict(), "best_model": best_state,
                      "optimizer": self.optimizer.state_dict(),
@@ -263,7 +266,7 @@ def run_fingerprint(params: Params, classes: list[str], train: SplitData, val: S
                "train": asdict(params.train), "classes": list(classes), "cache_size": cache_size,
                "train_split": [list(train.image_ids), train.labels.tolist()],
                "val_split": [list(val.image_ids), val.labels.tolist()],
-               "code": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest() for m in _CODE]}
+               "code": [hashlib.sha256(Path(str(m.__file__)).read_bytes()).hexdigest() for m in _CODE]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -284,7 +287,7 @@ def rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, gauss],
             "python": list(random.getstate())}
 
 
