@@ -239,6 +239,6 @@ def test_undefined_val_auc_falls_back_to_val_loss(tiny_cache, tmp_path, caplog):
     assert "selecting the model on validation loss" in caplog.text
     history = torch.load(tmp_path / "last" / "last.pt", weights_only=True)["state"]["history"]
     losses = [r["val_loss"] for r in history]
-    assert meta.epoch == int(np.argmin(losses)) and np.isnan(meta["best_val_macro_auc"])
+    assert meta.epoch == int(np.argmin(losses)) and np.isnan(meta.best_val_macro_auc)
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert summary["selection_metric"] == "val_loss" and summary["best_epoch"] == meta.epoch
