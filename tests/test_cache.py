@@ -214,6 +214,7 @@ def test_preprocess_stage_on_the_tiny_twin(tiny_twin, tmp_path):
     quality.to_csv(tmp_path / "quality.csv", index=False)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["preprocess"]["cache_size"] = 96
+    params["train"]["image_size"] = 64  # must fit in the cache (params range check)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(REPO / "stages" / "preprocess.py"), "--params", "params.yaml",
            "--index", "index.csv", "--quality", "quality.csv", "--out", "data/cache"]

@@ -7,7 +7,13 @@ import timm
 import torch
 from torch import nn
 
-from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import (
+    PROVENANCE_META,
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    save_checkpoint,
+)
 from assurexray.training.models import (
     Family,
     PretrainedWeightsError,
@@ -129,8 +135,9 @@ def test_checkpoint_round_trip(tmp_path, batch):
         assert torch.equal(loaded(batch), model(batch))
     assert replace(meta, git_rev=None, git_dirty=None, created_at=None) == META
     assert meta.git_rev and meta.created_at and meta.temperature is None
-    # Stored as plain data: the dataclass as a dict.
-    assert torch.load(path, weights_only=True)["meta"] == asdict(meta)
+    # Stored as plain data: the dataclass as a dict, without the provenance (in the sidecar).
+    stored = torch.load(path, weights_only=True)["meta"]
+    assert stored == {k: v for k, v in asdict(META).items() if k not in PROVENANCE_META}
 
 
 def test_calibrated_and_legacy_meta_load(tmp_path):

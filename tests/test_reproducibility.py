@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,15 @@ from assurexray.data.datasets import CachedDataset, make_loader, seed_epoch
 from assurexray.data.transforms import train_transform
 from assurexray.params import RUNTIME_KEYS, Params, TrainParams, to_dict
 from assurexray.training import checkpoint
-from assurexray.training.checkpoint import load_checkpoint, provenance_path, save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, provenance_path, save_checkpoint
 from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
-META = {"backbone": "resnet18", "classes": ["Normal", "Benign", "Malignant"], "image_size": 32,
-        "cache_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "dropout": 0.2, "params": {"seed": 1}, "split": "stratified", "epoch": 3,
-        "best_val_macro_auc": 0.8}
+META = CheckpointMeta(
+    backbone="resnet18", classes=["Normal", "Benign", "Malignant"], image_size=32, cache_size=64,
+    mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], dropout=0.2, params={"seed": 1},
+    split="stratified", epoch=3, best_val_macro_auc=0.8)
 
 
 # --- checkpoint provenance ------------------------------------------------------------------
@@ -38,12 +39,12 @@ def test_identical_weights_give_identical_checkpoint_bytes(tmp_path, monkeypatch
                    {"git_rev": "2" * 40, "git_dirty": True, "created_at": "2026-06-01T12:00:00"}])
     monkeypatch.setattr(checkpoint, "provenance", lambda: next(stamps))
     save_checkpoint(first, model, META)
-    save_checkpoint(second, model, {**META, "git_rev": "stale", "created_at": "stale"})
+    save_checkpoint(second, model, replace(META, git_rev="stale", created_at="stale"))
     assert first.read_bytes() == second.read_bytes()
     assert provenance_path(first) == tmp_path / "a" / "model.provenance.json"
     assert json.loads(provenance_path(second).read_text())["git_rev"] == "2" * 40
     _, meta = load_checkpoint(second)
-    assert (meta["git_rev"], meta["git_dirty"], meta["created_at"]) == (
+    assert (meta.git_rev, meta.git_dirty, meta.created_at) == (
         "2" * 40, True, "2026-06-01T12:00:00")
 
 
@@ -52,8 +53,8 @@ def test_checkpoint_without_sidecar_loads_with_unknown_provenance(tmp_path):
     save_checkpoint(path, build_model("resnet18", 3), META)
     provenance_path(path).unlink()
     _, meta = load_checkpoint(path)
-    assert meta["git_rev"] == "unknown" and meta["git_dirty"] is None
-    assert {k: meta[k] for k in META} == META
+    assert meta.git_rev == "unknown" and meta.git_dirty is None
+    assert replace(meta, git_rev=None, created_at=None) == META
 
 
 def test_corrupt_sidecar_is_named(tmp_path):

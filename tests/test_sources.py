@@ -3,21 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from assurexray.data import audit, btxrd, download, sources
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, read_index, write_index
 from assurexray.params import AuditParams, Params, load_params
+from test_end_to_end import init_project, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,13 +241,6 @@ def test_prepare_source_synthetic_is_reproducible(tmp_path):
 
 # --------------------------------------------------------------------------- DVC sees user data
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 @pytest.fixture
 def manifest_project(tmp_path) -> tuple[Path, Path]:
     """A git + DVC project whose params point at a small manifest outside it."""
@@ -260,19 +250,10 @@ def manifest_project(tmp_path) -> tuple[Path, Path]:
         write_image(study / "imgs" / f"{i}.png", w=64, h=48, seed=i)
         rows.append(f"imgs/{i}.png,{'ab'[i % 2]},{'AB'[i // 4]}")
     (study / "labels.csv").write_text("\n".join(rows) + "\n")
-    root = tmp_path / "project"
-    for name in ("stages", "src", "data/external"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"] |= {"source": "manifest", "tracked_path": str(study),
-                       "manifest": {"path": str(study / "labels.csv")}}
-    params["preprocess"]["cache_size"] = 32
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.org"],
-                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "manifest project"]):
-        run(cmd, root)
+    root = init_project(tmp_path / "project", {
+        "data": {"source": "manifest", "tracked_path": str(study),
+                 "manifest": {"path": str(study / "labels.csv")}},
+        "preprocess": {"cache_size": 32}, "train": {"image_size": 32}})
     return root, study
 
 
