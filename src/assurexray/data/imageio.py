@@ -21,6 +21,7 @@ Conversion rules (deterministic, documented once here):
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class ImageReadError(AssureXRayError):
     """An image could not be read; the message is '<file name>: <reason>'."""
 
     def __init__(self, path: str | Path, reason: str):
-        self.path = Path(path)
+        self.path = Path(getattr(path, "name", path))   # an in-memory upload has a name too
         self.reason = reason
         super().__init__(f"{self.path.name}: {reason}")
 
@@ -60,16 +61,67 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     Pillow also refuses, at open, anything above its own hard limit
     (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); both come out as ImageReadError.
     """
-    path = _existing_file(path)
-    if is_dicom(path):
-        return _read_dicom(path, max_pixels, force=False)
+    return _read(_existing_file(path), max_pixels)
+
+
+def read_image_bytes(data: bytes, name: str = "upload",
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``read_image`` of a file held in memory (an upload): same rules, same errors, with
+    ``name`` standing for the file name in messages. Nothing is written to disk."""
+    if not data:
+        raise ImageReadError(name, "zero-byte file")
+    return _read(Upload(data, name), max_pixels)
+
+
+class Upload(io.BytesIO):
+    """Bytes in memory that Pillow and pydicom open like a file called ``name``."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.name = name
+
+
+def sniff_format(data: bytes) -> str | None:
+    """'jpeg', 'png' or 'dicom' from the leading bytes (never the name); None otherwise."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC:
+        return "dicom"
+    return None
+
+
+def header_info(source: str | Path | Upload) -> dict:
+    """{"bit_depth", "modality"} from the header only: bits per sample as stored (1, 8, 16,
+    32) and the DICOM Modality ('' for JPEG/PNG). Drift monitoring compares them."""
+    source = source if isinstance(source, Upload) else _existing_file(source)
+    if is_dicom(source):
+        return _dicom_header(_dicom_dataset(source, force=False))
     try:
-        im = _open_pil(path)
+        im = _open_pil(source)
     except UnidentifiedImageError:
-        return _read_dicom(path, max_pixels, force=True)
+        return _dicom_header(_dicom_dataset(source, force=True))
     with im:
-        _check_pixels(path, im.size, max_pixels)
-        return _pil_to_gray(_decode_pil(path, im))
+        mode = im.mode
+    bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 1 if mode == "1" else 8
+    return {"bit_depth": bits, "modality": ""}
+
+
+def _dicom_header(ds: pydicom.Dataset) -> dict:
+    return {"bit_depth": int(ds.get("BitsStored", 8)), "modality": str(ds.get("Modality", ""))}
+
+
+def _read(source: Path | Upload, max_pixels: int) -> np.ndarray:
+    if is_dicom(source):
+        return _read_dicom(source, max_pixels, force=False)
+    try:
+        im = _open_pil(source)
+    except UnidentifiedImageError:
+        return _read_dicom(source, max_pixels, force=True)
+    with im:
+        _check_pixels(source, im.size, max_pixels)
+        return _pil_to_gray(_decode_pil(source, im))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -95,6 +147,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def is_dicom(path: str | Path) -> bool:
     """True when the file carries the DICOM Part 10 magic ``DICM`` at offset 128."""
+    if isinstance(path, Upload):
+        return sniff_format(path.getbuffer()[:DICOM_MAGIC_OFFSET + 4].tobytes()) == "dicom"
     with open(path, "rb") as fh:
         fh.seek(DICOM_MAGIC_OFFSET)
         return fh.read(len(DICOM_MAGIC)) == DICOM_MAGIC
@@ -107,6 +161,12 @@ def _existing_file(path: str | Path) -> Path:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "zero-byte file")
     return path
+
+
+def _rewind(source) -> None:
+    """An upload is read twice at most (Pillow, then pydicom): start each from byte 0."""
+    if isinstance(source, Upload):
+        source.seek(0)
 
 
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
@@ -123,6 +183,7 @@ def _open_pil(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             # The caller checks max_pixels itself; Pillow's soft-limit warning would be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _rewind(path)
             return Image.open(path)
     except UnidentifiedImageError:
         raise
@@ -176,6 +237,7 @@ def _dicom_dataset(path: Path, force: bool, with_pixels: bool = False) -> pydico
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every odd tag of a forced read
+            _rewind(path)
             ds = pydicom.dcmread(path, force=force, stop_before_pixels=not with_pixels)
     except (InvalidDicomError, *DECODE_ERRORS) as exc:
         raise ImageReadError(path, NOT_AN_IMAGE if force else f"unreadable DICOM ({exc})") from exc

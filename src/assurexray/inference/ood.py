@@ -1,0 +1,104 @@
+"""Out-of-distribution checks: degenerate geometry rejected before the model, then a score.
+
+The score combines two Mahalanobis distances, each fitted on the training set only:
+
+- class-conditional, on the penultimate-layer embeddings (Lee et al. 2018): the distance to the
+  nearest class mean under one shared, Ledoit-Wolf shrunk covariance;
+- class-agnostic, on the content statistics of the image (intensity percentiles, contrast,
+  edges), which catches inputs that are not radiographs at all whatever the network makes of
+  them.
+
+Each distance is divided by its median on validation images, the score is the larger of the
+two, and the threshold is the validation quantile that flags ``false_alarm_rate`` of them.
+Maximum softmax probability and energy are the baselines ``metrics/ood.json`` compares with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+from sklearn.covariance import LedoitWolf
+
+from assurexray.errors import AssureXRayError
+from assurexray.params import OodParams
+
+
+class RejectedInput(AssureXRayError, ValueError):
+    """An input the model must not see (degenerate geometry or a blank image)."""
+
+
+def check_geometry(gray: np.ndarray, params: OodParams) -> None:
+    """Raise RejectedInput naming why ``gray`` is not a usable image."""
+    h, w = gray.shape
+    if min(h, w) < params.min_side:
+        raise RejectedInput(f"image is {w}x{h} px; the shorter side must be at least "
+                            f"{params.min_side} px")
+    if max(h, w) / min(h, w) > params.max_aspect:
+        raise RejectedInput(f"aspect ratio {max(h, w) / min(h, w):.1f} exceeds "
+                            f"{params.max_aspect:g} ({w}x{h} px)")
+    std = float(gray[:: max(1, h // 512), :: max(1, w // 512)].std())
+    if std < params.min_std:
+        raise RejectedInput(f"blank image (grey-level standard deviation {std:.2f} < "
+                            f"{params.min_std:g})")
+
+
+@dataclass(frozen=True)
+class Mahalanobis:
+    """Squared Mahalanobis distance to the nearest of ``means`` under one ``precision``."""
+    means: np.ndarray      # (C, D)
+    precision: np.ndarray  # (D, D)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, groups: np.ndarray | None = None) -> Mahalanobis:
+        """Class means (one mean when ``groups`` is None) and the shrunk pooled covariance."""
+        groups = np.zeros(len(x), dtype=int) if groups is None else np.asarray(groups)
+        labels = np.unique(groups)
+        means = np.stack([x[groups == g].mean(axis=0) for g in labels])
+        centred = x - means[np.searchsorted(labels, groups)]
+        return cls(means, LedoitWolf(assume_centered=True).fit(centred).precision_)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        d = x[:, None, :] - self.means[None, :, :]
+        return np.einsum("ncd,de,nce->nc", d, self.precision, d).min(axis=1)
+
+
+@dataclass(frozen=True)
+class OodScorer:
+    embedding: Mahalanobis
+    content: Mahalanobis
+    content_scale: np.ndarray   # standardisation of the content statistics (std on train)
+    norms: np.ndarray           # validation medians of the two distances
+    threshold: float
+
+    def parts(self, embeddings: np.ndarray, content: np.ndarray) -> np.ndarray:
+        """(N, 2) distances, each divided by its validation median."""
+        return np.stack([self.embedding.distance(embeddings),
+                         self.content.distance(content / self.content_scale)], axis=1) / self.norms
+
+    def score(self, embeddings: np.ndarray, content: np.ndarray) -> np.ndarray:
+        return self.parts(embeddings, content).max(axis=1)
+
+
+def fit_scorer(train_emb: np.ndarray, train_labels: np.ndarray, train_content: np.ndarray,
+               val_emb: np.ndarray, val_content: np.ndarray, false_alarm_rate: float) -> OodScorer:
+    """Distances fitted on train; normalisers and threshold chosen on validation."""
+    scale = train_content.std(axis=0)
+    scale[scale == 0] = 1.0
+    draft = OodScorer(Mahalanobis.fit(train_emb, train_labels),
+                      Mahalanobis.fit(train_content / scale), scale, np.ones(2), np.inf)
+    norms = np.median(draft.parts(val_emb, val_content), axis=0)
+    norms[norms <= 0] = 1.0
+    scorer = OodScorer(draft.embedding, draft.content, scale, norms, np.inf)
+    threshold = float(np.quantile(scorer.score(val_emb, val_content), 1.0 - false_alarm_rate))
+    return OodScorer(draft.embedding, draft.content, scale, norms, threshold)
+
+
+def msp_score(logits: np.ndarray) -> np.ndarray:
+    """Baseline: 1 - maximum softmax probability (higher = more out of distribution)."""
+    return 1.0 - softmax(logits.astype(np.float64), axis=1).max(axis=1)
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """Baseline (Liu et al. 2020): -logsumexp of the logits (higher = more out of distribution)."""
+    return -logsumexp(logits.astype(np.float64), axis=1)
