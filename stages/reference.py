@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import run_main
 from assurexray.data.datasets import read_split
@@ -19,7 +21,7 @@ from assurexray.data.schema import read_index
 from assurexray.evaluation.predictions import write_json
 from assurexray.inference.classifier import Classifier
 from assurexray.inference.monitoring import (build_reference, drift_error_rates, ood_evaluation,
-                                             summarize)
+                                             subset, summarize)
 from assurexray.inference.reference import save_reference
 from assurexray.params import load_params
 
@@ -37,12 +39,13 @@ def main() -> None:
 
     params = load_params(args.params)
     classifier = Classifier.from_files(args.model)
-    files = read_index(args.index).set_index("image_id")["file"]
-    summaries, labels = {}, {}
+    index = read_index(args.index).set_index("image_id")
+    files = index["file"]
+    ids, summaries, labels = {}, {}, {}
     for part in ("train", "val", "test"):
-        ids, labels[part] = read_split(args.splits / f"{part}.csv", classifier.classes)
-        summaries[part] = summarize(classifier, [files[i] for i in ids], classifier.decode_file,
-                                    params.reference.batch_size, desc=part)
+        ids[part], labels[part] = read_split(args.splits / f"{part}.csv", classifier.classes)
+        summaries[part] = summarize(classifier, [files[i] for i in ids[part]],
+                                    classifier.decode_file, params.reference.batch_size, desc=part)
         for reason in summaries[part].rejected:
             log.warning("%s image %s", part, reason)
     ref = build_reference(classifier.identity["checkpoint_sha256"], summaries["train"],
@@ -50,8 +53,7 @@ def main() -> None:
                           params.seed)
     save_reference(args.reference, ref)
 
-    test_ids, _ = read_split(args.splits / "test.csv", classifier.classes)
-    radiographs = [read_image(files[i]) for i in test_ids[:params.ood.images_per_set]]
+    radiographs = [read_image(files[i]) for i in ids["test"][:params.ood.images_per_set]]
     blobs = generate_sets(radiographs, params.ood.images_per_set, params.seed)
     sets = {name: summarize(classifier, items, classifier.decode_bytes,
                             params.reference.batch_size, desc=name) for name, items in blobs.items()}
@@ -62,7 +64,7 @@ def main() -> None:
                "far_sets": list(FAR_SETS), "near_sets": list(NEAR_SETS), "targets": TARGETS,
                **ood_evaluation(ref.scorer, summaries["test"], sets,
                                 {k: len(v) for k, v in blobs.items()}),
-               "drift": drift_error_rates(ref, summaries["test"], {"corrupted": sets["corrupted"]},
+               "drift": drift_error_rates(ref, *drift_sets(index, ids, summaries, sets),
                                           params.serve.drift_window, DRIFT_WINDOWS,
                                           params.serve.drift_alpha, params.serve.drift_permutations,
                                           params.seed)}
@@ -73,6 +75,18 @@ def main() -> None:
                  result["energy"]["auroc"], result["flagged_rate"])
     log.info("test in-distribution false alarms %.3f",
              metrics["in_distribution"]["false_alarm_rate"])
+
+
+def drift_sets(index, ids: dict, summaries: dict, sets: dict):
+    """(held-out images of the training centers, {shifted sets}): test images of the training
+    centers (validation ones under a center split, whose test centers are all new), and as
+    shifted sets the test images of centers never trained on, if any, and corrupted images."""
+    seen = set(index.loc[ids["train"], "center"])
+    test = summaries["test"]
+    new = np.array([index.at[ids["test"][k], "center"] not in seen for k in test.kept], dtype=bool)
+    held_out = subset(test, ~new) if (~new).sum() >= 2 else summaries["val"]
+    shifted = {"new_center": subset(test, new)} if new.sum() >= 2 else {}
+    return held_out, {**shifted, "corrupted": sets["corrupted"]}
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ import torch
 
 STATS_SIDE = 256
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge",
-            "width", "height", "aspect", "bit_depth", "modality")
+FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge", "dark_share",
+            "bright_share", "width", "height", "aspect", "bit_depth", "modality")
 # Content statistics: what a radiograph looks like whatever scanner wrote it (the image-level
 # out-of-distribution score uses these; size, bit depth and modality only feed drift).
-CONTENT_FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge")
+CONTENT_FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge", "dark_share",
+                    "bright_share")
+# Grey levels counted as background (radiographs have large near-black areas) and as burn-out.
+DARK, BRIGHT = 16, 240
 # DICOM modalities of plain radiography; every other modality is coded 2, JPEG/PNG 0.
 RADIOGRAPHY = {"CR", "DX", "RG"}
 
@@ -34,6 +37,7 @@ def image_stats(gray: np.ndarray, header: dict) -> np.ndarray:
     modality = header.get("modality", "")
     code = 0 if not modality else 1 if modality.upper() in RADIOGRAPHY else 2
     return np.array([*np.percentile(values, PERCENTILES), values.mean(), values.std(), edge,
+                     np.mean(values <= DARK), np.mean(values >= BRIGHT),
                      w, h, w / h, header.get("bit_depth", 8), code], dtype=np.float64)
 
 

@@ -66,6 +66,12 @@ def summarize(classifier: Classifier, items: Sequence, decode: Callable[[object]
     return Summary(logits, emb, stats, np.array(kept), rejected)
 
 
+def subset(summary: Summary, mask: np.ndarray) -> Summary:
+    """The inputs of ``summary`` selected by a boolean mask over its kept rows."""
+    return Summary(summary.logits[mask], summary.embeddings[mask], summary.stats[mask],
+                   summary.kept[mask], [])
+
+
 def build_reference(checkpoint_sha256: str, train: Summary, train_labels: np.ndarray,
                     val: Summary, params: ReferenceParams, ood: OodParams, seed: int) -> Reference:
     """Training statistics, a PCA of the training embeddings with a sample for the drift test,

@@ -97,7 +97,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send)
+            return await self._refuse(scope, send)
         received, started = 0, False
 
         async def limited():
@@ -117,11 +117,15 @@ class BodyLimit:
             await self.app(scope, limited, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
 
-    async def _refuse(self, send):
+    async def _refuse(self, scope, send):
         response = JSONResponse({"detail": f"request body exceeds {self.limit} bytes"}, 413)
-        await response(None, None, send)
+        await response(scope, _nothing, send)
+
+
+async def _nothing():
+    return {"type": "http.disconnect"}
 
 
 class _TooLarge(Exception):
