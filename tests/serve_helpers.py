@@ -101,3 +101,47 @@ def running_server(served: ServedModel, log_path: Path, api_keys: str = "",
 def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=timeout)
+
+
+def browser():
+    """Headless Debian Chromium through Selenium and chromedriver (the README's set-up)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        raise RuntimeError("Chromium or chromedriver is missing: install them with "
+                           "`apt-get install -y chromium chromium-driver` (see README)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=900,1100"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=DriverService(driver), options=options)
+
+
+def predict_in_browser(base: str, image: Path, screenshot: Path, timeout: float = 60.0) -> dict:
+    """Open the viewer, upload ``image``, wait for the bars and the overlay; return the shown
+    probabilities {class: p} (from the bars' data) and save a screenshot."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser()
+    try:
+        driver.get(base + "/")
+        driver.find_element(By.ID, "file").send_keys(str(image))
+        wait = WebDriverWait(driver, timeout)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .bar"))
+        wait.until(lambda d: d.execute_script(
+            "const o = document.getElementById('overlay'); return o.complete && o.naturalWidth > 0"))
+        shown = {bar.get_attribute("data-class"): float(bar.get_attribute("data-prob"))
+                 for bar in driver.find_elements(By.CSS_SELECTOR, "#bars .bar")}
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+        return {"probs": shown, "kind": driver.find_element(By.ID, "bars").get_attribute("data-kind"),
+                "notice": driver.find_element(By.ID, "notice").text}
+    finally:
+        driver.quit()
