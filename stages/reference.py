@@ -20,8 +20,13 @@ from assurexray.data.ood_sets import FAR_SETS, NEAR_SETS, generate_sets
 from assurexray.data.schema import read_index
 from assurexray.evaluation.predictions import write_json
 from assurexray.inference.classifier import Classifier
-from assurexray.inference.monitoring import (build_reference, drift_error_rates, ood_evaluation,
-                                             subset, summarize)
+from assurexray.inference.monitoring import (
+    build_reference,
+    drift_error_rates,
+    ood_evaluation,
+    subset,
+    summarize,
+)
 from assurexray.inference.reference import save_reference
 from assurexray.params import load_params
 
