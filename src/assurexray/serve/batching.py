@@ -26,10 +26,11 @@ class QueueFull(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, forward: Forward, max_batch: int, wait_s: float, queue_size: int):
+    def __init__(self, forward: Forward, max_batch: int, wait_s: float, queue_size: int,
+                 on_batch: Callable[[int], None] = lambda size: None):
         self.forward, self.max_batch, self.wait_s = forward, max_batch, wait_s
+        self.on_batch = on_batch   # told the size of every forward pass (metrics)
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.batch_sizes: list[int] = []   # recent batch sizes (metrics)
         self.thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self.thread.start()
 
@@ -65,7 +66,7 @@ class MicroBatcher:
             batch = [item for item in self._gather(first) if item[1].set_running_or_notify_cancel()]
             if not batch:
                 continue
-            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            self.on_batch(len(batch))
             try:
                 logits, embeddings = self.forward(torch.stack([tensor for tensor, _ in batch]))
             except Exception as exc:  # the requests get the error; the worker keeps serving

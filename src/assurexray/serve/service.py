@@ -59,7 +59,8 @@ class Service:
         # the batcher's forward passes.
         self._cam_model = copy.deepcopy(self.classifier.model)
         self.batcher = MicroBatcher(self.classifier.forward, self.limits.micro_batch,
-                                    self.limits.micro_batch_wait_ms / 1000, self.limits.queue_size)
+                                    self.limits.micro_batch_wait_ms / 1000, self.limits.queue_size,
+                                    self.telemetry.batch_size.observe)
         self.ready = True
         log.info("model loaded: %s (%s)", self.classifier.meta["backbone"],
                  self.classifier.identity["checkpoint_sha256"][:12])
