@@ -26,13 +26,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from predict_throughput import timed, untrained_checkpoint, write_jpegs
 
 from assurexray.inference.classifier import Classifier
 from assurexray.inference.reference import file_sha256
 from assurexray.params import load_params
 from assurexray.training.checkpoint import load_checkpoint
 from assurexray.training.models import default_device
+from predict_throughput import timed, untrained_checkpoint, write_jpegs
 
 REPO = Path(__file__).resolve().parents[1]
 
