@@ -63,8 +63,9 @@ def main() -> None:
     sets = {name: summarize(classifier, items, classifier.decode_bytes,
                             params.reference.batch_size, desc=name) for name, items in blobs.items()}
     metrics = {"notice": NOT_FOR_CLINICAL_USE,
-               "method": "max of class-conditional Mahalanobis on embeddings and Mahalanobis on "
-                         "image content statistics, each over its validation median",
+               "method": "max of class-conditional Mahalanobis distance on embeddings and "
+                         "k-nearest-neighbour distance on image content statistics, each "
+                         "divided by its own validation threshold",
                "threshold": ref.scorer.threshold, "false_alarm_rate_target": params.ood.false_alarm_rate,
                "far_sets": list(FAR_SETS), "near_sets": list(NEAR_SETS), "targets": TARGETS,
                **ood_evaluation(ref.scorer, summaries["test"], sets,
@@ -76,7 +77,7 @@ def main() -> None:
     write_json(args.metrics, metrics)
     for name, result in metrics["sets"].items():
         log.info("%s: AUROC %.3f (max softmax %.3f, energy %.3f), flagged %.2f", name,
-                 result["mahalanobis"]["auroc"], result["max_softmax"]["auroc"],
+                 result["combined"]["auroc"], result["max_softmax"]["auroc"],
                  result["energy"]["auroc"], result["flagged_rate"])
     log.info("test in-distribution false alarms %.3f",
              metrics["in_distribution"]["false_alarm_rate"])

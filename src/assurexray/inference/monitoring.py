@@ -100,17 +100,21 @@ def ood_evaluation(scorer: OodScorer, in_dist: Summary, sets: dict[str, Summary]
                    n_generated: dict[str, int]) -> dict:
     """Per generated set: our score and the two baselines, plus the share flagged at the
     validation threshold (inputs rejected before the model count as flagged)."""
-    ours_id = scorer.score(in_dist.embeddings, in_dist.content())
+    parts_id = scorer.parts(in_dist.embeddings, in_dist.content())
+    ours_id = parts_id.max(axis=1)
     out = {"in_distribution": {"n": int(len(ours_id)),
                                "false_alarm_rate": float(np.mean(ours_id > scorer.threshold))},
            "sets": {}}
     for name, summary in sets.items():
-        ours = scorer.score(summary.embeddings, summary.content())
+        parts = scorer.parts(summary.embeddings, summary.content())
+        ours = parts.max(axis=1)
         n = n_generated[name]
         out["sets"][name] = {
             "n": n, "rejected_before_model": len(summary.rejected),
             "flagged_rate": float((np.sum(ours > scorer.threshold) + len(summary.rejected)) / n),
-            "mahalanobis": _separation(ours_id, ours),
+            "combined": _separation(ours_id, ours),
+            "embedding_only": _separation(parts_id[:, 0], parts[:, 0]),
+            "content_only": _separation(parts_id[:, 1], parts[:, 1]),
             "max_softmax": _separation(msp_score(in_dist.logits), msp_score(summary.logits)),
             "energy": _separation(energy_score(in_dist.logits), energy_score(summary.logits))}
     return out

@@ -1,15 +1,18 @@
 """Out-of-distribution checks: degenerate geometry rejected before the model, then a score.
 
-The score combines two Mahalanobis distances, each fitted on the training set only:
+The score combines two distances, each fitted on the training set only:
 
-- class-conditional, on the penultimate-layer embeddings (Lee et al. 2018): the distance to the
-  nearest class mean under one shared, Ledoit-Wolf shrunk covariance;
-- class-agnostic, on the content statistics of the image (intensity percentiles, contrast,
-  edges), which catches inputs that are not radiographs at all whatever the network makes of
-  them.
+- class-conditional Mahalanobis on the penultimate-layer embeddings (Lee et al. 2018): the
+  distance to the nearest class mean under one shared, Ledoit-Wolf shrunk covariance;
+- k-nearest-neighbour distance (Sun et al. 2022) on the standardised content statistics of the
+  image (intensity percentiles, contrast, edges, background share), which catches inputs that
+  are not radiographs at all whatever the network makes of them. Radiographs' statistics are
+  multi-modal (a limb filling the frame vs a thin bone on black), so a neighbour distance fits
+  them better than one Gaussian.
 
-Each distance is divided by its median on validation images, the score is the larger of the
-two, and the threshold is the validation quantile that flags ``false_alarm_rate`` of them.
+Each distance is divided by its own validation threshold (the quantile that flags
+``false_alarm_rate`` of the validation images), the score is the larger of the two, and the
+final threshold is again the validation quantile that flags ``false_alarm_rate`` of them.
 Maximum softmax probability and energy are the baselines ``metrics/ood.json`` compares with.
 """
 from __future__ import annotations
@@ -22,6 +25,9 @@ from sklearn.covariance import LedoitWolf
 
 from assurexray.errors import AssureXRayError
 from assurexray.params import OodParams
+
+
+KNN_K = 5
 
 
 class RejectedInput(AssureXRayError, ValueError):
@@ -63,18 +69,28 @@ class Mahalanobis:
         return np.einsum("ncd,de,nce->nc", d, self.precision, d).min(axis=1)
 
 
+def knn_distance(points: np.ndarray, x: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Distance from each row of ``x`` to its k-th nearest row of ``points``."""
+    d2 = (np.sum(x * x, axis=1)[:, None] + np.sum(points * points, axis=1)[None, :]
+          - 2 * x @ points.T)
+    k = min(k, len(points))
+    return np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+
+
 @dataclass(frozen=True)
 class OodScorer:
     embedding: Mahalanobis
-    content: Mahalanobis
-    content_scale: np.ndarray   # standardisation of the content statistics (std on train)
-    norms: np.ndarray           # validation medians of the two distances
+    content_points: np.ndarray  # standardised training content statistics (N, C)
+    content_scale: np.ndarray   # their standardisation: (centre, scale) rows, from train
+    norms: np.ndarray           # validation thresholds of the two distances
     threshold: float
 
     def parts(self, embeddings: np.ndarray, content: np.ndarray) -> np.ndarray:
-        """(N, 2) distances, each divided by its validation median."""
+        """(N, 2) distances, each divided by its validation threshold."""
+        centre, scale = self.content_scale
         return np.stack([self.embedding.distance(embeddings),
-                         self.content.distance(content / self.content_scale)], axis=1) / self.norms
+                         knn_distance(self.content_points, (content - centre) / scale)],
+                        axis=1) / self.norms
 
     def score(self, embeddings: np.ndarray, content: np.ndarray) -> np.ndarray:
         return self.parts(embeddings, content).max(axis=1)
@@ -83,15 +99,18 @@ class OodScorer:
 def fit_scorer(train_emb: np.ndarray, train_labels: np.ndarray, train_content: np.ndarray,
                val_emb: np.ndarray, val_content: np.ndarray, false_alarm_rate: float) -> OodScorer:
     """Distances fitted on train; normalisers and threshold chosen on validation."""
-    scale = train_content.std(axis=0)
+    centre, scale = train_content.mean(axis=0), train_content.std(axis=0)
     scale[scale == 0] = 1.0
-    draft = OodScorer(Mahalanobis.fit(train_emb, train_labels),
-                      Mahalanobis.fit(train_content / scale), scale, np.ones(2), np.inf)
-    norms = np.median(draft.parts(val_emb, val_content), axis=0)
+    points = (train_content - centre) / scale
+    draft = OodScorer(Mahalanobis.fit(train_emb, train_labels), points, np.stack([centre, scale]),
+                      np.ones(2), np.inf)
+    # Each part is divided by its own validation threshold, so both flag the same share of
+    # validation images alone and neither part's tail dominates the maximum.
+    norms = np.quantile(draft.parts(val_emb, val_content), 1.0 - false_alarm_rate, axis=0)
     norms[norms <= 0] = 1.0
-    scorer = OodScorer(draft.embedding, draft.content, scale, norms, np.inf)
+    scorer = OodScorer(draft.embedding, points, draft.content_scale, norms, np.inf)
     threshold = float(np.quantile(scorer.score(val_emb, val_content), 1.0 - false_alarm_rate))
-    return OodScorer(draft.embedding, draft.content, scale, norms, threshold)
+    return OodScorer(draft.embedding, points, draft.content_scale, norms, threshold)
 
 
 def msp_score(logits: np.ndarray) -> np.ndarray:

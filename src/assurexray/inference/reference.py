@@ -59,8 +59,8 @@ def save_reference(path: str | Path, ref: Reference) -> None:
         np.savez(fh, header=np.array(json.dumps(header)), train_stats=ref.train_stats,
                  pca_mean=ref.pca_mean, pca_components=ref.pca_components,
                  emb_sample=ref.emb_sample, emb_means=s.embedding.means,
-                 emb_precision=s.embedding.precision, content_means=s.content.means,
-                 content_precision=s.content.precision, content_scale=s.content_scale,
+                 emb_precision=s.embedding.precision, content_points=s.content_points,
+                 content_scale=s.content_scale,
                  norms=s.norms)
 
 
@@ -75,7 +75,7 @@ def load_reference(path: str | Path, checkpoint_sha256: str | None = None) -> Re
             arrays = {k: z[k] for k in z.files}
         header = json.loads(str(arrays.pop("header")))
         scorer = OodScorer(Mahalanobis(arrays["emb_means"], arrays["emb_precision"]),
-                           Mahalanobis(arrays["content_means"], arrays["content_precision"]),
+                           arrays["content_points"],
                            arrays["content_scale"], arrays["norms"], float(header["threshold"]))
         ref = Reference(header["checkpoint_sha256"], arrays["train_stats"], arrays["pca_mean"],
                         arrays["pca_components"], arrays["emb_sample"], scorer,
