@@ -1,6 +1,7 @@
 """The HTTP API through FastAPI's TestClient: every endpoint, auth, limits, DICOM, parity."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
@@ -11,6 +12,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -19,6 +21,7 @@ from assurexray.params import ServeParams
 from assurexray.serve.app import create_app
 from assurexray.serve.batching import QueueFull
 from assurexray.serve.deps import ServeConfigError, Settings, check_bind, read_api_keys
+from serve_helpers import REPO
 from test_predict import write_mono1_dicom
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -90,7 +93,7 @@ def test_predict_equals_the_cli(client, served_model, capsys):
     decision = api["decision"]
     assert decision["positive"] == (api["probs"]["Malignant"] >= 0.34)
     assert decision["val_sensitivity"] == 0.8 and decision["val_specificity"] == 0.7
-    overlay = Image.open(io.BytesIO(__import__("base64").b64decode(api["gradcam_png"])))
+    overlay = Image.open(io.BytesIO(base64.b64decode(api["gradcam_png"])))
     assert overlay.size == (64, 64) and api["gradcam_class"] == api["pred"]
 
 
@@ -243,3 +246,21 @@ def test_503_while_loading_and_when_the_queue_is_full(served_model, client, monk
     busy = upload(client, served_model.images[0].read_bytes())
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
     assert_clean(busy)
+
+
+def test_drift_command_writes_the_same_report(served_model, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for image in served_model.images[:5]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    assert main(["drift", str(folder), "--checkpoint", str(served_model.checkpoint),
+                 "--reference", str(served_model.reference), "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 5 and isinstance(report["drift"], bool)
+    assert set(report["features"]) >= {"p50", "contrast", "width", "aspect", "bit_depth", "modality"}
+    assert "Drift report" in (tmp_path / "r.html").read_text()
+
+
+def test_served_checkpoint_is_a_dvc_model_artifact():
+    artifacts = yaml.safe_load((REPO / "dvc.yaml").read_text())["artifacts"]
+    assert {a["path"]: a["type"] for a in artifacts.values()} == {"models/calibrated.pt": "model"}
