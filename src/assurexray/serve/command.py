@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                                  analysis=args.analysis, params=args.params,
                                  api_key_file=args.api_key_file)
     check_bind(args.host, settings, args.insecure)
-    for name in ("reference", "analysis"):
+    for name in ("checkpoint", "reference", "analysis"):   # fail now, not after startup
         path = getattr(settings, name)
         if path is not None and not path.is_file():
             raise ServeConfigError(f"{path}: not found; run `dvc repro` (or pass --{name})")

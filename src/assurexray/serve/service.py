@@ -52,9 +52,10 @@ class Service:
         s = self.settings
         try:
             self.classifier = Classifier.from_files(s.checkpoint, s.reference, s.analysis)
-        except Exception as exc:
+        except Exception as exc:  # /health reports it; the server log says why
             self.error = str(exc)
-            raise
+            log.error("the model could not be loaded: %s", exc)
+            return
         # Grad-CAM hooks its model and runs a backward pass: a private copy keeps it away from
         # the batcher's forward passes.
         self._cam_model = copy.deepcopy(self.classifier.model)
