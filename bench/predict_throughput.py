@@ -26,6 +26,8 @@ import torch
 from assurexray.data.cache import letterbox, letterboxed_file
 from assurexray.data.imageio import read_image
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from assurexray.inference.classifier import Classifier
+from assurexray.inference.reference import file_sha256
 from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor
 from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -53,9 +55,10 @@ def main() -> None:
         files = write_jpegs(tmp / "images", args.n, args.side)
         shape = (3, meta.image_size, meta.image_size)
         forward = timed(lambda: raw_forward(model, args.n, args.batch_size, shape, device), device)
-        predictor = Predictor(model, meta, ckpt, args.batch_size, args.workers)
+        predictor = Predictor(Classifier(model, meta, file_sha256(ckpt)), ckpt, args.batch_size,
+                              args.workers)
         predict = timed(lambda: sum(1 for _ in predictor.predict(files)), device)
-        decode_ms = decode_costs(files, meta["cache_size"])
+        decode_ms = decode_costs(files, meta.cache_size)
     result = {"device": str(device), "torch_threads": torch.get_num_threads(),
               "backbone": meta.backbone, "image_size": meta.image_size,
               "cache_size": meta.cache_size, "n_images": args.n, "jpeg_side": args.side,

@@ -37,3 +37,11 @@ def tiny_twin(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("twin")
     return generate_twin(root, n_images=60, seed=7, defects=True, min_side=160, max_side=320)
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory, tiny_twin):
+    """A tiny checkpoint, its training reference and an operating point (tests/serve_helpers)."""
+    from serve_helpers import build_served_model
+
+    return build_served_model(tmp_path_factory.mktemp("served"), tiny_twin)

@@ -28,6 +28,8 @@ TINY = {
     "explain": {"per_class": 1, "road_percentiles": [50]},
     "analysis": {"bootstrap_iterations": 50},
     "robustness": {"severities": 1},
+    "ood": {"images_per_set": 20},
+    "serve": {"drift_window": 30, "drift_permutations": 50},
 }
 
 

@@ -13,6 +13,8 @@ from assurexray.errors import AssureXRayError
 SUBCOMMANDS = {
     "predict": ("assurexray.predict", "classify radiographs with a trained checkpoint"),
     "compare": ("assurexray.reporting.compare", "compare the stratified and center-holdout experiments"),
+    "serve": ("assurexray.serve.command", "serve a trained model over HTTP (API and web viewer)"),
+    "drift": ("assurexray.serve.drift_command", "drift report of a folder or CSV of images"),
 }
 
 

@@ -151,6 +151,37 @@ RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "eva
 
 
 @dataclass(frozen=True)
+class ReferenceParams:
+    max_images: int = 0               # training images summarised (0 = all)
+    embedding_dims: int = 32          # PCA dimensions kept for the embedding-drift test
+    sample_size: int = 300            # reference embeddings kept for the drift test
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class OodParams:
+    false_alarm_rate: float = 0.05    # share of validation images flagged (sets the threshold)
+    min_side: int = 24                # geometry rejected before the model
+    max_aspect: float = 6.0
+    min_std: float = 2.0              # grey-level standard deviation below which an image is blank
+    images_per_set: int = 100         # generated out-of-distribution images per set
+
+
+@dataclass(frozen=True)
+class ServeParams:
+    max_batch: int = 16               # files per /batch_predict request
+    max_upload_mb: float = 20.0
+    max_pixels: int = 50_000_000      # decompression-bomb limit for uploads
+    drift_window: int = 100
+    drift_alpha: float = 0.05
+    drift_permutations: int = 200
+    micro_batch: int = 8              # requests sharing one forward pass
+    micro_batch_wait_ms: float = 3.0
+    queue_size: int = 64              # waiting requests before 503
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     split: Literal["stratified", "center"] = "stratified"
@@ -164,6 +195,9 @@ class Params:
     explain: ExplainParams = field(default_factory=ExplainParams)
     analysis: AnalysisParams = field(default_factory=AnalysisParams)
     robustness: RobustnessParams = field(default_factory=RobustnessParams)
+    reference: ReferenceParams = field(default_factory=ReferenceParams)
+    ood: OodParams = field(default_factory=OodParams)
+    serve: ServeParams = field(default_factory=ServeParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -1,19 +1,19 @@
 """Classify radiographs with a trained checkpoint (research use only, not for clinical use).
 
-Each image goes through exactly the evaluation pipeline, read from the checkpoint's meta:
-``cache.letterboxed_file(cache_size)`` (the preprocess stage's reader) -> ``transforms.eval_transform``
-(image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
+Each image goes through the inference core (``inference.classifier``), i.e. exactly the
+evaluation pipeline read from the checkpoint's meta: ``imageio.read_image_reduced`` (the cache's
+reader) -> ``cache.letterbox(cache_size)`` -> ``transforms.eval_transform`` (image_size, mean, std) -> the
+model. Degenerate inputs (a side under ``ood.min_side`` px, an extreme aspect ratio, a blank
+image) are rejected before the model; with the training reference (``models/reference.npz``)
+every result carries an out-of-distribution verdict. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
-temperature-calibrated ones when the checkpoint has a temperature), with ``models/calibrated.pt``
-the decision of each binary task (malignant vs rest, tumour vs normal) at its shipped operating
-point (threshold on the calibrated scale, with its validation sensitivity and specificity), the
-checkpoint identity and, with --gradcam, the path of a Grad-CAM overlay of the predicted class.
-An unreadable file gets ``{"file", "error"}`` and the others go on; the exit code is 1 when any
-input failed.
+temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
+with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
+``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
 
-Folders are walked recursively in sorted order, taking files with one of the reader's image
-suffixes (``imageio.IMAGE_SUFFIXES``, any case: the same set ingest accepts); other files there
-are listed in a warning. A file named explicitly is always tried, whatever its suffix.
+Folders are walked recursively in sorted order, taking files with an image suffix
+(.jpg .jpeg .png .dcm .dicom, any case); other files there are listed in a warning. A file
+named explicitly is always tried, whatever its suffix.
 """
 from __future__ import annotations
 
@@ -26,24 +26,20 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
-from scipy.special import softmax
-from torch.utils.data import TensorDataset
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
-from assurexray.data.cache import letterboxed_file
 from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
-from assurexray.data.transforms import eval_transform
-from assurexray.evaluation.operating_points import decide
 from assurexray.explain.cam import METHODS, compute_cams, overlay
-from assurexray.inference.runner import predict_logits
-from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
-from assurexray.training.models import default_device
+from assurexray.inference.classifier import Classifier, Prepared
+from assurexray.inference.ood import RejectedInput
+from assurexray.training.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
+
+REFERENCE_NAME = "reference.npz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a Grad-CAM overlay of the predicted class per image (needs --out)")
     parser.add_argument("--cam-method", default="gradcam", choices=sorted(METHODS))
     parser.add_argument("--out", type=Path, help="folder for predictions.jsonl and gradcam/")
+    parser.add_argument("--reference", type=Path,
+                        help=f"training reference of the reference stage (default: {REFERENCE_NAME} "
+                             "beside the checkpoint, when present): flags out-of-distribution inputs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
 
@@ -65,12 +64,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log.warning(NOT_FOR_CLINICAL_USE)
     files, empty_dirs = collect_files(args.inputs)
+    reference = args.reference or _beside(args.checkpoint, REFERENCE_NAME)
+    if reference is None:
+        log.warning("no training reference (%s beside the checkpoint, or --reference): "
+                    "out-of-distribution inputs will not be flagged", REFERENCE_NAME)
     try:
-        model, meta = load_checkpoint(args.checkpoint, default_device())
+        classifier = Classifier.from_files(args.checkpoint, reference)
     except (FileNotFoundError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
-    predictor = Predictor(model, meta, args.checkpoint, args.batch_size, args.workers)
+    predictor = Predictor(classifier, args.checkpoint, args.batch_size, args.workers)
     records = itertools.chain(
         ({"file": str(path), "error": reason} for path, reason in empty_dirs),
         predictor.predict(files, args.out / "gradcam" if args.gradcam else None, args.cam_method))
@@ -89,25 +92,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 class Predictor:
-    """A loaded checkpoint and its preprocessing, classifying files batch by batch."""
+    """A ``Classifier`` applied to files batch by batch (decoding in threads)."""
 
-    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, checkpoint_path: Path,
-                 batch_size: int, workers: int = 1):
-        self.model, self.meta = model, meta
-        self.classes = list(meta.classes)
-        self.transform = eval_transform(meta.image_size, meta.mean, meta.std)
+    def __init__(self, classifier: Classifier, checkpoint_path: Path, batch_size: int,
+                 workers: int = 1):
+        self.classifier = classifier
         self.batch_size, self.workers = batch_size, max(1, workers)
-        self.device = next(model.parameters()).device
+        meta = classifier.meta
         self.identity = {"path": str(checkpoint_path), "backbone": meta.backbone,
                          "git_rev": meta.git_rev, "split": meta.split}
 
-    def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
-        """(model input, letterboxed image), or the reason the file cannot be read."""
+    def load(self, path: Path) -> Prepared | str:
+        """The prepared input, or the reason the file cannot be classified."""
         try:
-            boxed, *_ = letterboxed_file(path, self.meta.cache_size)
+            return self.classifier.decode_file(path)
         except ImageReadError as exc:
             return exc.reason
-        return self.transform(image=boxed)["image"], boxed
+        except RejectedInput as exc:
+            return f"rejected before the model: {exc}"
 
     def predict(self, files: Sequence[Path], cam_dir: Path | None = None,
                 cam_method: str = "gradcam") -> Iterator[dict]:
@@ -128,31 +130,23 @@ class Predictor:
         ok = [i for i, record in enumerate(records) if not record]
         if not ok:
             return records
-        inputs = torch.stack([loaded[i][0] for i in ok])
-        logits = predict_logits(self.model, TensorDataset(inputs), self.batch_size, self.device)
-        preds = logits.argmax(axis=1)
-        cams = compute_cams(self.model, inputs, preds, cam_method) if cam_dir else None
+        prepared = [loaded[i] for i in ok]
+        inputs = torch.stack([p.tensor for p in prepared])
+        logits, embeddings = self.classifier.forward(inputs)
+        results = self.classifier.results(prepared, logits, embeddings)
+        cams = (compute_cams(self.classifier.model, inputs, logits.argmax(axis=1), cam_method)
+                if cam_dir else None)
         for j, i in enumerate(ok):
-            records[i] = self._record(chunk[i], logits[j])
+            records[i] = {"file": str(chunk[i]), **results[j], "checkpoint": self.identity}
+            if results[j]["ood"].get("flagged"):
+                log.warning("%s: out of distribution (score %.2f > %.2f): the prediction is "
+                            "unreliable", chunk[i], results[j]["ood"]["score"],
+                            results[j]["ood"]["threshold"])
             if cams is not None:
                 png = cam_dir / f"{start + i:05d}_{chunk[i].stem}.png"
-                Image.fromarray(overlay(loaded[i][1], cams[j])).save(png)
+                Image.fromarray(overlay(prepared[j].boxed, cams[j])).save(png)
                 records[i]["gradcam"] = str(png)
         return records
-
-    def _record(self, path: Path, logits: np.ndarray) -> dict:
-        probs = softmax(logits.astype(np.float64))
-        record = {"file": str(path), "pred": self.classes[int(np.argmax(logits))],
-                  "probs": dict(zip(self.classes, map(float, probs)))}
-        if self.meta.temperature is not None:
-            calibrated = softmax(logits.astype(np.float64) / self.meta.temperature)
-            record["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
-            # calibrate fits the thresholds on this (calibrated) scale and stores them beside T
-            if self.meta.operating_points:
-                record["decisions"] = decide(self.meta.operating_points, calibrated,
-                                             self.classes)
-        record["checkpoint"] = self.identity
-        return record
 
 
 def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -160,7 +154,7 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
     files, empty = [], []
     for path in inputs:
         if not path.is_dir():
-            files.append(path)   # a missing or odd file fails in the reader, with its reason
+            files.append(path)   # a missing or odd file fails in read_image, with its reason
             continue
         found = sorted(p for p in path.rglob("*") if p.is_file())
         images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -173,6 +167,11 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
                                 "folder"))
         files += images
     return files, empty
+
+
+def _beside(checkpoint: Path, name: str) -> Path | None:
+    path = checkpoint.parent / name
+    return path if path.is_file() else None
 
 
 def _jsonl(out: Path):

@@ -26,6 +26,7 @@ Conversion rules (deterministic, documented once here):
 """
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -56,8 +57,8 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyErro
 class ImageReadError(AssureXRayError):
     """An image could not be read; the message is '<file name>: <reason>'."""
 
-    def __init__(self, path: str | Path, reason: str):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | io.BytesIO, reason: str):
+        self.path = Path(path.name if isinstance(path, io.BytesIO) else path)  # an upload has a name
         self.reason = reason
         super().__init__(f"{self.path.name}: {reason}")
 
@@ -69,34 +70,78 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     Pillow also refuses, at open, anything above its own hard limit
     (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); both come out as ImageReadError.
     """
-    return _read(path, max_pixels, None)[0]
+    return _read(_existing_file(path), max_pixels, None)[0]
 
 
-def read_image_reduced(path: str | Path, longer_side: int,
+def read_image_reduced(source: str | Path | Upload, longer_side: int,
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """(pixels, (width, height) of the full image) for a caller that needs ``longer_side`` px.
 
     The pixels are ``read_image``'s, except that a JPEG larger than needed comes at a reduced
     DCT scale 1/s: ceil(width / s) x ceil(height / s), covering the same field of view.
+    ``source`` is a file or an in-memory ``Upload`` (same rules, same errors).
     """
-    return _read(path, max_pixels, longer_side)
+    if isinstance(source, Upload):
+        if not source.getbuffer().nbytes:
+            raise ImageReadError(source.name, "zero-byte file")
+        return _read(source, max_pixels, longer_side)
+    return _read(_existing_file(source), max_pixels, longer_side)
 
 
-def _read(path: str | Path, max_pixels: int,
-          longer_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    path = _existing_file(path)
-    if is_dicom(path):
-        return _with_size(_read_dicom(path, max_pixels, force=False))
+class Upload(io.BytesIO):
+    """Bytes in memory (an upload) that Pillow and pydicom open like a file called ``name``;
+    nothing is written to disk."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.name = name
+
+
+def sniff_format(data: bytes) -> str | None:
+    """'jpeg', 'png' or 'dicom' from the leading bytes (never the name); None otherwise."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC:
+        return "dicom"
+    return None
+
+
+def header_info(source: str | Path | Upload) -> dict:
+    """{"bit_depth", "modality"} from the header only: bits per sample as stored (1, 8, 16,
+    32) and the DICOM Modality ('' for JPEG/PNG). Drift monitoring compares them."""
+    source = source if isinstance(source, Upload) else _existing_file(source)
+    if is_dicom(source):
+        return _dicom_header(_dicom_dataset(source, force=False))
     try:
-        im = _open_pil(path)
+        im = _open_pil(source)
     except UnidentifiedImageError:
-        return _with_size(_read_dicom(path, max_pixels, force=True))
+        return _dicom_header(_dicom_dataset(source, force=True))
     with im:
-        _check_pixels(path, im.size, max_pixels)
+        mode = im.mode
+    bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 1 if mode == "1" else 8
+    return {"bit_depth": bits, "modality": ""}
+
+
+def _dicom_header(ds: pydicom.Dataset) -> dict:
+    return {"bit_depth": int(ds.get("BitsStored", 8)), "modality": str(ds.get("Modality", ""))}
+
+
+def _read(source: Path | Upload, max_pixels: int,
+          longer_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    if is_dicom(source):
+        return _with_size(_read_dicom(source, max_pixels, force=False))
+    try:
+        im = _open_pil(source)
+    except UnidentifiedImageError:
+        return _with_size(_read_dicom(source, max_pixels, force=True))
+    with im:
+        _check_pixels(source, im.size, max_pixels)
         stored, full = im.size, _oriented_size(im)
         if longer_side:
             _draft(im, longer_side)
-        img = _pil_to_gray(_decode_pil(path, im))
+        img = _pil_to_gray(_decode_pil(source, im))
         # A reduced decode is a JPEG, whose header (EXIF included) precedes the pixels, so the
         # header's size is exact; otherwise the decoded shape is (a PNG's EXIF may trail).
         return img, full if im.size != stored else (img.shape[1], img.shape[0])
@@ -144,8 +189,10 @@ def _draft(im: Image.Image, longer_side: int) -> None:
         im.draft(im.mode, (max(1, math.ceil(width * share)), max(1, math.ceil(height * share))))
 
 
-def is_dicom(path: str | Path) -> bool:
+def is_dicom(path: str | Path | Upload) -> bool:
     """True when the file carries the DICOM Part 10 magic ``DICM`` at offset 128."""
+    if isinstance(path, Upload):
+        return sniff_format(path.getbuffer()[:DICOM_MAGIC_OFFSET + 4].tobytes()) == "dicom"
     with open(path, "rb") as fh:
         fh.seek(DICOM_MAGIC_OFFSET)
         return fh.read(len(DICOM_MAGIC)) == DICOM_MAGIC
@@ -160,7 +207,13 @@ def _existing_file(path: str | Path) -> Path:
     return path
 
 
-def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+def _rewind(source) -> None:
+    """An upload is read twice at most (Pillow, then pydicom): start each from byte 0."""
+    if isinstance(source, Upload):
+        source.seek(0)
+
+
+def _check_pixels(path: Path | Upload, size: tuple[int, int], max_pixels: int) -> None:
     pixels = int(size[0]) * int(size[1])
     if pixels > max_pixels:
         raise ImageReadError(path, f"decompression bomb: {pixels} pixels > limit {max_pixels}")
@@ -168,12 +221,13 @@ def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
 
 # ---- Pillow ------------------------------------------------------------------------------
 
-def _open_pil(path: Path) -> Image.Image:
+def _open_pil(path: Path | Upload) -> Image.Image:
     """Lazy open (header only); UnidentifiedImageError passes through for the DICOM retry."""
     try:
         with warnings.catch_warnings():
             # The caller checks max_pixels itself; Pillow's soft-limit warning would be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _rewind(path)
             return Image.open(path)
     except UnidentifiedImageError:
         raise
@@ -183,7 +237,7 @@ def _open_pil(path: Path) -> Image.Image:
         raise ImageReadError(path, f"unreadable image header ({exc})") from exc
 
 
-def _decode_pil(path: Path, im: Image.Image) -> Image.Image:
+def _decode_pil(path: Path | Upload, im: Image.Image) -> Image.Image:
     """Decode all pixels and apply EXIF orientation; a truncated file raises."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Set by some other module: Pillow would then return truncated images half grey.
@@ -221,12 +275,13 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
 
 # ---- DICOM -------------------------------------------------------------------------------
 
-def _dicom_dataset(path: Path, force: bool, with_pixels: bool = False) -> pydicom.Dataset:
+def _dicom_dataset(path: Path | Upload, force: bool, with_pixels: bool = False) -> pydicom.Dataset:
     """The parsed file (pixel bytes still encoded); ``force`` is the last-chance try on a file
     Pillow could not identify."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every odd tag of a forced read
+            _rewind(path)
             ds = pydicom.dcmread(path, force=force, stop_before_pixels=not with_pixels)
     except (InvalidDicomError, *DECODE_ERRORS) as exc:
         raise ImageReadError(path, NOT_AN_IMAGE if force else f"unreadable DICOM ({exc})") from exc
@@ -239,7 +294,7 @@ def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
     return int(ds.Columns), int(ds.Rows)
 
 
-def _read_dicom(path: Path, max_pixels: int, force: bool) -> np.ndarray:
+def _read_dicom(path: Path | Upload, max_pixels: int, force: bool) -> np.ndarray:
     ds = _dicom_dataset(path, force, with_pixels=True)
     _check_pixels(path, _dicom_size(ds), max_pixels)  # before the pixel bytes are decoded
     if not any(tag in ds for tag in PIXEL_DATA_TAGS):

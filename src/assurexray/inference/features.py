@@ -1,0 +1,68 @@
+"""What the monitors look at: image statistics of a decoded radiograph and the model's
+penultimate-layer embedding, computed in the same forward pass as the logits.
+
+The statistics are taken on the decoded (H, W) uint8 image shrunk to at most ``STATS_SIDE``
+pixels (area averaging), so they do not depend on the file's resolution and cost little on a
+large radiograph; size, aspect, bit depth and modality come from the original.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+STATS_SIDE = 256
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge", "dark_share",
+            "bright_share", "width", "height", "aspect", "bit_depth", "modality")
+# Content statistics: what a radiograph looks like whatever scanner wrote it (the image-level
+# out-of-distribution score uses these; size, bit depth and modality only feed drift).
+CONTENT_FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge", "dark_share",
+                    "bright_share")
+# Grey levels counted as background (radiographs have large near-black areas) and as burn-out.
+DARK, BRIGHT = 16, 240
+# DICOM modalities of plain radiography; every other modality is coded 2, JPEG/PNG 0.
+RADIOGRAPHY = {"CR", "DX", "RG"}
+
+
+def image_stats(gray: np.ndarray, full: tuple[int, int], header: dict) -> np.ndarray:
+    """One row of ``FEATURES`` (float64) for a decoded image (of full size ``full`` =
+    (width, height); ``gray`` may be a reduced decode) and its ``imageio.header_info``."""
+    gh, gw = gray.shape
+    scale = min(1.0, STATS_SIDE / max(gh, gw))
+    small = gray if scale == 1.0 else cv2.resize(
+        gray, (max(1, round(gw * scale)), max(1, round(gh * scale))), interpolation=cv2.INTER_AREA)
+    w, h = full
+    values = small.astype(np.float64)
+    edge = (np.abs(np.diff(values, axis=0)).mean() if values.shape[0] > 1 else 0.0) + \
+        (np.abs(np.diff(values, axis=1)).mean() if values.shape[1] > 1 else 0.0)
+    modality = header.get("modality", "")
+    code = 0 if not modality else 1 if modality.upper() in RADIOGRAPHY else 2
+    return np.array([*np.percentile(values, PERCENTILES), values.mean(), values.std(), edge,
+                     np.mean(values <= DARK), np.mean(values >= BRIGHT),
+                     w, h, w / h, header.get("bit_depth", 8), code], dtype=np.float64)
+
+
+def content_columns() -> list[int]:
+    return [FEATURES.index(name) for name in CONTENT_FEATURES]
+
+
+def forward_with_embeddings(model: torch.nn.Module,
+                            inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N, K) float32, embeddings (N, D) float32) from one eval-mode forward pass.
+
+    timm's ``forward_head(pre_logits=True)`` stops right before the classifier layer, so
+    ``classifier(embedding)`` is exactly ``model(x)``: the same numbers as evaluation.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            timm_model: Any = model  # timm's forward_features / forward_head / get_classifier
+            emb = timm_model.forward_head(timm_model.forward_features(inputs), pre_logits=True)
+            logits = timm_model.get_classifier()(emb)
+    finally:
+        model.train(was_training)
+    return logits.float().cpu().numpy(), emb.flatten(1).float().cpu().numpy()

@@ -1,0 +1,132 @@
+"""The FastAPI application: model loaded once in ``lifespan``, routers per resource.
+
+The model loads in a worker thread after startup, so ``/health`` answers 503 ("loading")
+until it is ready instead of the port staying closed. Every error response is a short JSON
+``{"detail"}``: no stack trace, no server path. A pure-ASGI guard answers 413 before a body
+larger than the limit is read, and uploads under the limit stay in memory (never spooled to disk).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
+
+from assurexray import NOT_FOR_CLINICAL_USE, __version__
+from assurexray.serve.deps import Settings
+from assurexray.serve.routers import health, monitoring, predict, viewer
+from assurexray.serve.service import InputError, Service
+
+log = logging.getLogger(__name__)
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings) -> FastAPI:
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(asyncio.to_thread(service.load))
+        yield
+        if not loading.done():
+            await asyncio.wait([loading], timeout=60)
+        service.close()
+
+    app = FastAPI(title="AssureXRay", version=__version__, lifespan=lifespan,
+                  description=f"Radiograph classification service. **{NOT_FOR_CLINICAL_USE}**")
+    app.state.settings, app.state.service = settings, service
+    body_limit = int(settings.limits.max_upload_mb * 2**20 * settings.limits.max_batch
+                     + MULTIPART_OVERHEAD)
+    # Starlette spools uploads above 1 MB to a temporary file; keep them in memory instead
+    # (the body guard bounds the size). Class-wide: the setting of the last app created wins.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, body_limit)
+    MultiPartParser.max_part_size = max(MultiPartParser.max_part_size, body_limit)
+    for module in (health, predict, monitoring, viewer):
+        app.include_router(module.router)
+    viewer.mount_static(app)
+    _install_handlers(app, service)
+    app.add_middleware(BodyLimit, limit=body_limit)
+    return app
+
+
+def _install_handlers(app: FastAPI, service: Service) -> None:
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        service.telemetry.requests.labels(endpoint, str(response.status_code)).inc()
+        service.telemetry.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        fields = sorted({".".join(map(str, e.get("loc", ()))) for e in exc.errors()})
+        return JSONResponse({"detail": f"invalid request: check {', '.join(fields)}"}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception):
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+        return JSONResponse({"detail": "internal error"}, 500)
+
+
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes, by Content-Length or while streaming."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, send)
+        received, started = 0, False
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, send)
+
+    async def _refuse(self, scope, send):
+        response = JSONResponse({"detail": f"request body exceeds {self.limit} bytes"}, 413)
+        await response(scope, _nothing, send)
+
+
+async def _nothing():
+    return {"type": "http.disconnect"}
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,50 @@
+"""Serve a trained model over HTTP: FastAPI on uvicorn, loopback by default (research use only).
+
+Reads the pipeline's outputs: the checkpoint (with its temperature), the training reference
+of the reference stage (drift and out-of-distribution checks), the operating point analyze
+chose on validation, and the ``serve:`` limits of params.yaml. API keys come from
+ASSUREXRAY_API_KEYS (comma-separated) and/or --api-key-file, never from params.yaml. Listening
+beyond loopback without a key is refused unless --insecure is given.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.serve.app import create_app
+from assurexray.serve.deps import ServeConfigError, Settings, check_bind
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="default models/calibrated.pt")
+    parser.add_argument("--reference", type=Path, help="default models/reference.npz")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params.yaml for the serve: limits")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback address without any API key")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(checkpoint=args.checkpoint, reference=args.reference,
+                                 params=args.params,
+                                 api_key_file=args.api_key_file)
+    check_bind(args.host, settings, args.insecure)
+    for name in ("checkpoint", "reference"):   # fail now, not after startup
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ServeConfigError(f"{path}: not found; run `dvc repro` (or pass --{name})")
+    log.warning(NOT_FOR_CLINICAL_USE)
+    if not settings.api_keys:
+        log.warning("no API key configured: every endpoint is open to whoever reaches %s", args.host)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=10)
+    return 0

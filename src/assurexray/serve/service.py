@@ -1,0 +1,153 @@
+"""The loaded service: the inference core behind the micro-batcher, Grad-CAM, telemetry.
+
+``classify`` takes the bytes of one upload (held in memory only) and returns the result or
+raises ``InputError`` with the HTTP status and a reason safe to show (no path, no trace).
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import logging
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+from PIL import Image
+
+from assurexray.data.imageio import ImageReadError, sniff_format
+from assurexray.explain.cam import compute_cams, overlay
+from assurexray.inference.classifier import Classifier, Prepared
+from assurexray.inference.drift import drift_report
+from assurexray.inference.ood import RejectedInput
+from assurexray.serve.batching import MicroBatcher, QueueFull
+from assurexray.serve.deps import Settings
+from assurexray.serve.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+UPLOAD_NAME = "upload"   # uploads are never named in messages or logs
+
+
+class InputError(Exception):
+    """A request the service refuses: HTTP status, metrics reason, message for the client."""
+
+    def __init__(self, status: int, reason: str, detail: str, retry_after: int | None = None):
+        super().__init__(detail)
+        self.status, self.reason, self.detail, self.retry_after = status, reason, detail, retry_after
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings, self.limits = settings, settings.limits
+        self.telemetry = Telemetry(self.limits.drift_window)
+        self.ready = False
+        self.error: str | None = None
+        self.started = time.time()
+        self.classifier: Classifier | None = None
+        self.batcher: MicroBatcher | None = None
+        self._cam_lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load the checkpoint, reference and operating point; start the batcher."""
+        s = self.settings
+        try:
+            self.classifier = Classifier.from_files(s.checkpoint, s.reference)
+        except Exception as exc:  # /health reports it; the server log says why
+            self.error = str(exc)
+            log.error("the model could not be loaded: %s", exc)
+            return
+        # Grad-CAM hooks its model and runs a backward pass: a private copy keeps it away from
+        # the batcher's forward passes.
+        self._cam_model = copy.deepcopy(self.classifier.model)
+        self.batcher = MicroBatcher(self.classifier.forward, self.limits.micro_batch,
+                                    self.limits.micro_batch_wait_ms / 1000, self.limits.queue_size,
+                                    self.telemetry.batch_size.observe)
+        self.ready = True
+        log.info("model loaded: %s (%s)", self.classifier.meta.backbone,
+                 self.classifier.identity["checkpoint_sha256"][:12])
+
+    @property
+    def loaded(self) -> Classifier:
+        """The classifier once loaded; a request before that is told to come back."""
+        if self.classifier is None:
+            raise InputError(503, "loading", "the model is not loaded yet", retry_after=5)
+        return self.classifier
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def decode(self, data: bytes) -> tuple[str, Prepared]:
+        max_bytes = self.limits.max_upload_mb * 1024 * 1024
+        if len(data) > max_bytes:
+            raise InputError(413, "too_large", f"file of {len(data) / 2**20:.1f} MB exceeds the "
+                                               f"{self.limits.max_upload_mb:g} MB limit")
+        fmt = sniff_format(data)
+        if fmt is None:
+            raise InputError(415, "unsupported_type",
+                             "unsupported file type: JPEG, PNG or DICOM expected (recognised by content)")
+        try:
+            return fmt, self.loaded.decode_bytes(data, UPLOAD_NAME, self.limits.max_pixels)
+        except ImageReadError as exc:
+            reason = "decompression_bomb" if "decompression bomb" in exc.reason else "undecodable"
+            raise InputError(422, reason, f"cannot read the {fmt.upper()} file: {exc.reason}") from exc
+        except RejectedInput as exc:
+            raise InputError(422, "degenerate", f"rejected before the model: {exc}") from exc
+
+    def classify(self, data: bytes, gradcam: bool = False) -> dict:
+        try:
+            fmt, prepared = self.decode(data)
+        except InputError as exc:
+            self.telemetry.rejected.labels(exc.reason).inc()
+            raise
+        try:
+            assert self.batcher is not None  # started with the classifier
+            future = self.batcher.submit(prepared.tensor)
+        except QueueFull as exc:
+            self.telemetry.rejected.labels("queue_full").inc()
+            raise InputError(503, "queue_full", "server busy: request queue full",
+                             retry_after=1) from exc
+        try:
+            logits, embedding = future.result(timeout=self.limits.request_timeout_s)
+        except FutureTimeout as exc:
+            future.cancel()
+            raise InputError(504, "timeout", "inference timed out") from exc
+        result = self.loaded.results([prepared], logits[None], embedding[None])[0]
+        self.telemetry.observe(result, prepared.stats, embedding)
+        result = {"format": fmt, **result}
+        if gradcam:
+            result.update(self._cam(prepared, self.loaded.classes.index(result["pred"])))
+        return result
+
+    def _cam(self, prepared: Prepared, target: int) -> dict:
+        with self._cam_lock:
+            cam = compute_cams(self._cam_model, prepared.tensor[None], [target])[0]
+        return {"gradcam_class": self.loaded.classes[target],
+                "image_png": _png(prepared.boxed), "gradcam_png": _png(overlay(prepared.boxed, cam))}
+
+    def drift(self) -> dict:
+        if self.loaded.reference is None:
+            return {"drift": None, "note": "no training reference loaded: drift is not tested"}
+        stats, embeddings = self.telemetry.window()
+        return drift_report(self.loaded.reference, stats, embeddings, self.limits.drift_alpha,
+                            self.limits.drift_permutations)
+
+    def health(self) -> dict:
+        status = "ok" if self.ready else "loading" if self.error is None else "error"
+        body: dict[str, object] = {"status": status,
+                                   "uptime_s": round(time.time() - self.started, 1)}
+        if self.ready:
+            c = self.loaded
+            body["model"] = c.identity
+            body["operating_points"] = c.meta.operating_points
+            body["ood_reference"] = c.reference is not None
+        elif self.error:
+            body["error"] = "the model could not be loaded (see the server log)"
+        return body
+
+
+def _png(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

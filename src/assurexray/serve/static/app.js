@@ -1,0 +1,90 @@
+// AssureXRay viewer: upload one image, show the prediction, its bars and the Grad-CAM overlay.
+// Research use only. No external assets: everything here is served by the app.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const keyField = $("apikey");
+keyField.value = sessionStorage.getItem("assurexray-key") || "";
+keyField.addEventListener("change", () => sessionStorage.setItem("assurexray-key", keyField.value));
+
+function percent(p) { return (100 * p).toFixed(1) + "%"; }
+
+function showBars(result) {
+  const probs = result.calibrated_probs || result.probs;
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [name, p] of Object.entries(probs)) {
+    const row = document.createElement("div");
+    row.className = "bar" + (name === result.pred ? " pred" : "");
+    row.dataset.class = name;
+    row.dataset.prob = String(p);
+    const label = document.createElement("span");
+    label.textContent = name;
+    const track = document.createElement("div");
+    track.className = "track";
+    const fill = document.createElement("div");
+    fill.className = "fill";
+    fill.style.width = percent(p);
+    track.append(fill);
+    const value = document.createElement("span");
+    value.textContent = percent(p);
+    row.append(label, track, value);
+    bars.append(row);
+  }
+  bars.dataset.kind = result.calibrated_probs ? "calibrated" : "raw";
+}
+
+function showDecision(result) {
+  const d = result.decisions && result.decisions.malignant_vs_rest;
+  $("decision").textContent = d && d.positive !== null
+    ? `Malignant vs rest at the validation operating point (${d.operating_point}, ${d.scale} threshold ${d.threshold.toFixed(3)}; ` +
+      `validation sensitivity ${d.val_sensitivity.toFixed(2)}, specificity ${d.val_specificity.toFixed(2)}): ` +
+      `${d.positive ? "POSITIVE" : "negative"} (score ${d.score.toFixed(3)})`
+    : "No operating point loaded.";
+  const ood = result.ood;
+  $("ood").hidden = !(ood && ood.flagged);
+  $("ood").textContent = ood && ood.flagged
+    ? `Warning: this image is unlike the training radiographs (out-of-distribution score ` +
+      `${ood.score.toFixed(2)} > ${ood.threshold.toFixed(2)}). The prediction is unreliable.`
+    : "";
+}
+
+async function classify(file) {
+  $("status").textContent = "Classifying…";
+  $("result").hidden = true;
+  const body = new FormData();
+  body.append("file", file);
+  const headers = keyField.value ? { "X-API-Key": keyField.value } : {};
+  let response;
+  try {
+    response = await fetch("/predict?gradcam=true", { method: "POST", body, headers });
+  } catch (err) {
+    $("status").textContent = "The server cannot be reached.";
+    return;
+  }
+  const result = await response.json();
+  if (!response.ok) {
+    $("status").textContent = `Error ${response.status}: ${result.detail}`;
+    return;
+  }
+  $("image").src = "data:image/png;base64," + result.image_png;
+  $("overlay").src = "data:image/png;base64," + result.gradcam_png;
+  $("camnote").textContent = `Grad-CAM of the predicted class (${result.gradcam_class}).`;
+  showBars(result);
+  showDecision(result);
+  $("model").textContent = `Prediction: ${result.pred}. ` +
+    (result.calibrated_probs ? "Bars show temperature-calibrated probabilities." : "Bars show probabilities.");
+  $("result").hidden = false;
+  $("status").textContent = "Done.";
+}
+
+$("opacity").addEventListener("input", (e) => { $("overlay").style.opacity = e.target.value / 100; });
+$("overlay").style.opacity = 0.6;
+$("file").addEventListener("change", (e) => { if (e.target.files[0]) classify(e.target.files[0]); });
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) classify(e.dataTransfer.files[0]);
+});

@@ -1,0 +1,92 @@
+"""Drift and out-of-distribution checks on a twin: error rates over repeated windows, OOD AUROC."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assurexray.data import btxrd
+from assurexray.data.imageio import read_image
+from assurexray.data.ood_sets import FAR_SETS, corrupted, generate_sets
+from assurexray.data.synthetic import generate_twin
+from assurexray.inference.classifier import Classifier
+from assurexray.inference.drift import mmd_test, psi
+from assurexray.inference.monitoring import build_reference, drift_error_rates, ood_evaluation, summarize
+from assurexray.inference.reference import ReferenceError, load_reference, save_reference
+from assurexray.params import OodParams, ReferenceParams
+from assurexray.training.checkpoint import load_checkpoint
+from test_predict import make_checkpoint
+
+WINDOW, WINDOWS, ALPHA = 40, 20, 0.05
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A 200-image twin: reference on half the center-1 images, the other half held out,
+    centers 2 and 3 never trained on, and corrupted held-out images."""
+    root = tmp_path_factory.mktemp("drift")
+    twin = generate_twin(root / "twin", n_images=200, seed=11, defects=False, min_side=96, max_side=160)
+    index, _ = btxrd.ingest_btxrd_dir(twin)
+    model, meta = load_checkpoint(make_checkpoint(root / "model.pt"))
+    classifier = Classifier(model, meta, "sha")
+    center1 = index[index["center"] == "1"]["file"].tolist()
+    train, held = center1[0::2], center1[1::2]
+    other = index[index["center"] != "1"]["file"].tolist()
+    s = {name: summarize(classifier, files, classifier.decode_file, 32)
+         for name, files in {"train": train, "held": held, "other": other}.items()}
+    rng = np.random.default_rng(0)
+    broken = [corrupted(read_image(f), rng) for f in held]
+    s["corrupted"] = summarize(classifier, broken, classifier.decode_bytes, 32)
+    half = len(held) // 2   # validation (threshold) and test halves of the held-out images
+    val = summarize(classifier, held[:half], classifier.decode_file, 32)
+    ref = build_reference("sha", s["train"], np.arange(len(train)) % 3, val,
+                          ReferenceParams(embedding_dims=16, sample_size=60), OodParams(), seed=0)
+    return {"classifier": classifier, "ref": ref, "held_files": held, "root": root, **s}
+
+
+def test_drift_false_alarms_and_detection_over_repeated_windows(world):
+    rates = drift_error_rates(world["ref"], world["held"],
+                              {"new_center": world["other"], "corrupted": world["corrupted"]},
+                              WINDOW, WINDOWS, ALPHA, permutations=100, seed=1)
+    assert rates["held_out"]["drift_rate"] <= ALPHA
+    assert rates["shifted"]["new_center"]["drift_rate"] >= 0.9
+    assert rates["shifted"]["corrupted"]["drift_rate"] >= 0.9
+
+
+def test_psi_and_mmd_tell_same_from_shifted():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=2000)
+    assert psi(ref, rng.normal(size=500)) < 0.1
+    assert psi(ref, rng.normal(1.0, size=500)) > 0.25
+    x = rng.normal(size=(100, 4))
+    assert mmd_test(x, rng.normal(size=(100, 4)), 200, rng)[1] > 0.05
+    assert mmd_test(x, rng.normal(0.7, size=(100, 4)), 200, rng)[1] < 0.01
+
+
+def test_ood_sets_are_separated_and_radiographs_mostly_pass(world):
+    c = world["classifier"]
+    held = world["held_files"]
+    radiographs = [read_image(f) for f in held[:10]]
+    blobs = generate_sets(radiographs, 20, seed=5)
+    sets = {name: summarize(c, items, c.decode_bytes, 32) for name, items in blobs.items()}
+    test_half = summarize(c, held[len(held) // 2:], c.decode_file, 32)
+    result = ood_evaluation(world["ref"].scorer, test_half, sets, {k: 20 for k in blobs})
+    assert result["in_distribution"]["false_alarm_rate"] <= 0.2     # mostly in distribution
+    for name in FAR_SETS:
+        assert result["sets"][name]["combined"]["auroc"] >= 0.9, result["sets"][name]
+    for r in result["sets"].values():
+        assert {"auroc", "fpr_at_95_recall"} <= set(r["energy"]) and "max_softmax" in r
+
+
+def test_generated_sets_are_deterministic():
+    gray = np.tile(np.arange(64, dtype=np.uint8) * 3, (64, 1))
+    assert generate_sets([gray], 2, seed=1) == generate_sets([gray], 2, seed=1)
+
+
+def test_reference_round_trip_and_checkpoint_guard(world):
+    path = world["root"] / "reference.npz"
+    save_reference(path, world["ref"])
+    loaded = load_reference(path, "sha")
+    np.testing.assert_array_equal(loaded.train_stats, world["ref"].train_stats)
+    assert loaded.scorer.threshold == world["ref"].scorer.threshold
+    with pytest.raises(ReferenceError, match="another checkpoint"):
+        load_reference(path, "other-sha")
