@@ -1,0 +1,75 @@
+"""Normal-vs-abnormal evaluation of one autoencoder's scores, with the classifier's rigour.
+
+Scores of the validation and test images are a table (``image_id, label, group, center`` and
+one column per score). On test: AUCs with the grouped stratified bootstrap interval, per abnormal
+class (against the normals) and per center, all from the same resample weights; thresholds are
+chosen on validation (Youden, sensitivity and specificity targets, as the classifier's operating
+points) and only applied to test.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from assurexray.anomaly.scoring import SCORES
+from assurexray.evaluation.bootstrap import Predictions, bootstrap_weights, summarize
+from assurexray.evaluation.metrics import weighted_auc
+from assurexray.evaluation.operating_points import BinaryTask, evaluate_task
+from assurexray.params import AnalysisParams
+
+ABNORMAL = BinaryTask((1,), 0, False, "anomaly score")
+
+
+def score_table(image_ids, labels: np.ndarray, classes: list[str], groups: pd.Series,
+                index: pd.DataFrame, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per image: id, class name, patient group, center, every score."""
+    centers = index.set_index("image_id")["center"]
+    frame = pd.DataFrame({"image_id": list(image_ids),
+                          "label": [classes[i] for i in labels],
+                          "group": groups.loc[list(image_ids)].to_numpy(),
+                          "center": centers.loc[list(image_ids)].astype(str).to_numpy()})
+    for name in SCORES:
+        frame[name] = scores[name]
+    return frame
+
+
+def resample_weights(frame: pd.DataFrame, normal: str, n_iter: int, seed: int) -> np.ndarray:
+    """(1 + B, n) grouped bootstrap weights stratified by normal/abnormal; a function of the
+    table's rows only, so every consumer of the same test images resamples identically."""
+    return bootstrap_weights(frame["group"].to_numpy(), (frame["label"] != normal).to_numpy(int),
+                             n_iter, seed)
+
+
+def auc_interval(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray,
+                 ci_level: float) -> dict:
+    return {**summarize(weighted_auc(positive, scores, weights), ci_level),
+            "n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
+
+
+def _predictions(frame: pd.DataFrame, normal: str, score: str) -> Predictions:
+    positive = (frame["label"] != normal).to_numpy(int)
+    return Predictions(frame["image_id"].to_numpy(), positive, positive,
+                       frame[[score]].to_numpy(float), frame["group"].to_numpy())
+
+
+def evaluate_scores(val: pd.DataFrame, test: pd.DataFrame, normal: str, primary: str,
+                    analysis: AnalysisParams, seed: int) -> dict:
+    """AUCs (every score; per class and center for the primary one) and operating points."""
+    weights = resample_weights(test, normal, analysis.bootstrap_iterations, seed)
+    positive = (test["label"] != normal).to_numpy()
+    ci = analysis.ci_level
+    out = {"primary_score": primary, "n_test": len(test),
+           "auc": {s: auc_interval(positive, test[s].to_numpy(float), weights, ci) for s in SCORES}}
+    scores = test[primary].to_numpy(float)
+    out["auc_by_class"] = {
+        c: auc_interval(positive[keep], scores[keep], weights[:, keep], ci)
+        for c in sorted(set(test["label"]) - {normal})
+        for keep in [((test["label"] == c) | ~positive).to_numpy()]}
+    out["auc_by_center"] = {
+        c: auc_interval(positive[keep], scores[keep], weights[:, keep], ci)
+        for c in sorted(set(test["center"]))
+        for keep in [(test["center"] == c).to_numpy()]}
+    out["operating_points"] = evaluate_task(
+        ABNORMAL, _predictions(val, normal, primary), _predictions(test, normal, primary),
+        weights, analysis.sensitivity_target, analysis.specificity_target, ci)
+    return out
