@@ -5,7 +5,9 @@ Each image goes through exactly the evaluation pipeline, read from the checkpoin
 (image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
 temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
-with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
+with --gradcam, the path of a Grad-CAM overlay of the predicted class. With --anomaly-checkpoint
+(an autoencoder from the anomaly_train stage) each record also gets ``anomaly``: its scores (the
+primary one as ``score``) and, with --out, the path of its anomaly-map overlay. An unreadable file gets
 ``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
 
 Folders are walked recursively in sorted order, taking files with an image suffix
@@ -30,6 +32,8 @@ from scipy.special import softmax
 from torch.utils.data import TensorDataset
 
 from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.anomaly.checkpoint import load_autoencoder
+from assurexray.anomaly.scoring import score_letterboxed
 from assurexray.console import progress
 from assurexray.data.cache import letterbox
 from assurexray.data.imageio import ImageReadError, read_image
@@ -52,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradcam", action="store_true",
                         help="write a Grad-CAM overlay of the predicted class per image (needs --out)")
     parser.add_argument("--cam-method", default="gradcam", choices=sorted(METHODS))
+    parser.add_argument("--anomaly-checkpoint", type=Path,
+                        help="an autoencoder (models/anomaly/<arch>.pt): add its anomaly score "
+                             "and, with --out, its anomaly map")
     parser.add_argument("--out", type=Path, help="folder for predictions.jsonl and gradcam/")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
@@ -69,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     predictor = Predictor(model, meta, args.checkpoint, args.batch_size, args.workers)
+    if args.anomaly_checkpoint:
+        try:
+            predictor.anomaly = (*load_autoencoder(args.anomaly_checkpoint, default_device()),
+                                 args.anomaly_checkpoint, args.out / "anomaly" if args.out else None)
+        except (FileNotFoundError, CheckpointError) as exc:
+            log.error("%s", exc)
+            return 2
     records = itertools.chain(
         ({"file": str(path), "error": reason} for path, reason in empty_dirs),
         predictor.predict(files, args.out / "gradcam" if args.gradcam else None, args.cam_method))
@@ -98,6 +112,7 @@ class Predictor:
         self.device = next(model.parameters()).device
         self.identity = {"path": str(checkpoint_path), "backbone": meta["backbone"],
                          "git_rev": meta["git_rev"], "split": meta["split"]}
+        self.anomaly = None  # (autoencoder, its meta, its path, map folder or None)
 
     def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
         """(model input, letterboxed image), or the reason the file cannot be read."""
@@ -136,7 +151,27 @@ class Predictor:
                 png = cam_dir / f"{start + i:05d}_{chunk[i].stem}.png"
                 Image.fromarray(overlay(loaded[i][1], cams[j])).save(png)
                 records[i]["gradcam"] = str(png)
+        if self.anomaly is not None:
+            self._add_anomaly(records, [chunk[i] for i in ok], [loaded[i][1] for i in ok],
+                              ok, start)
         return records
+
+    def _add_anomaly(self, records, paths, boxed, ok, start) -> None:
+        model, meta, path, map_dir = self.anomaly
+        result = score_letterboxed(model, meta, boxed, self.batch_size, self.device)
+        primary = meta["score"]["primary"]
+        if map_dir is not None:
+            map_dir.mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(ok):
+            scores = {name: float(v[j]) for name, v in result.scores.items()}
+            entry = {"score": scores[primary], "primary": primary, "scores": scores,
+                     "checkpoint": str(path), "arch": meta["arch"]}
+            if map_dir is not None:
+                amap = result.maps[j] / max(float(result.maps[j].max()), 1e-12)
+                png = map_dir / f"{start + i:05d}_{paths[j].stem}.png"
+                Image.fromarray(overlay(boxed[j], amap)).save(png)
+                entry["map"] = str(png)
+            records[i]["anomaly"] = entry
 
     def _record(self, path: Path, logits: np.ndarray) -> dict:
         probs = softmax(logits.astype(np.float64))

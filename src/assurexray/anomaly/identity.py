@@ -7,7 +7,9 @@ r = reconstruction(lesioned) - reconstruction(clean) over the lesion pixels:
 - ``lesion_copy`` = <r, d> / <d, d>: 1 when the lesion comes out in the reconstruction as it
   went in (the skip-connection shortcut), 0 when it is removed (what anomaly detection needs);
 - ``error_ratio``: mean squared error inside the lesion over that of the rest of the content;
-- ``pointing_game``: the anomaly map's peak inside the lesion box, with its ``chance`` rate.
+- ``pointing_game``: the anomaly map's peak inside the lesion box, with its ``chance`` rate;
+- ``lesion_raises_score``: per score, the share of images whose score rose with the lesion
+  (paired: the same image with and without it), and the unpaired AUC clean vs lesioned.
 """
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ def identity_check(model: torch.nn.Module, clean: torch.Tensor, score: dict, bat
     return {"n": len(clean), "lesion_copy": float(np.mean(copy)),
             "error_ratio": float(np.nanmean(ratio)),
             "pointing_game": float(np.mean(hits)), "chance": float(np.mean(chance)),
+            "lesion_raises_score": {name: float(np.mean(after.scores[name] > before.scores[name]))
+                                    for name in before.scores},
             "auc_clean_vs_lesioned": {name: float(ovr_auc(labels, np.r_[before.scores[name],
                                                                           after.scores[name]]))
                                       for name in before.scores}}
