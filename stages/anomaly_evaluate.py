@@ -9,8 +9,8 @@ import numpy as np
 
 from assurexray.anomaly import gallery
 from assurexray.anomaly.checkpoint import load_autoencoder
-from assurexray.anomaly.data import input_tensors, normal_index, normal_subset
-from assurexray.anomaly.evaluation import evaluate_scores, score_table
+from assurexray.anomaly.data import input_tensors
+from assurexray.anomaly.evaluation import evaluate_scores, localization, score_table
 from assurexray.anomaly.identity import identity_check
 from assurexray.anomaly.models import ARCHS, count_parameters
 from assurexray.anomaly.scoring import score_inputs
@@ -20,7 +20,7 @@ from assurexray.data.datasets import read_split
 from assurexray.data.schema import read_index
 from assurexray.evaluation.bootstrap import read_groups
 from assurexray.evaluation.predictions import write_json
-from assurexray.explain.localization import grouped_summary, model_frame_annotations, score_cam
+from assurexray.explain.localization import model_frame_annotations
 from assurexray.inference.runner import check_cache_size
 from assurexray.params import load_params
 from assurexray.training.models import default_device
@@ -63,11 +63,10 @@ def main() -> None:
     metrics["localization"] = localization(cache, test, res.maps, flagged, classes, size,
                                            params.explain.cam_threshold)
 
-    val_ids, _ = normal_subset(*read_split(args.splits / "val.csv", classes),
-                               normal_index(classes))
-    pick = np.random.default_rng(params.seed).permutation(len(val_ids))[
-        :params.anomaly.identity_lesions]
-    rows = np.flatnonzero(tables["val"]["image_id"].isin([val_ids[i] for i in pick]).to_numpy())
+    # Identity check on a seeded subset of the validation normals (the model never saw them).
+    normals = np.flatnonzero((tables["val"]["label"] == normal).to_numpy())
+    rows = np.sort(np.random.default_rng(params.seed).permutation(normals)[
+        :params.anomaly.identity_lesions])
     metrics["identity"] = identity_check(model, inputs["val"][rows], meta["score"], bs,
                                          params.seed, device)
     write_json(args.out / "evaluation.json", metrics)
@@ -80,21 +79,6 @@ def main() -> None:
     log.info("%s: test AUC (%s) %.3f (%.3f-%.3f); pointing game %s (chance %s); lesion copy %.2f",
              args.arch, primary, auc["value"], auc["ci_low"], auc["ci_high"],
              _fmt(loc["pointing_game"]), _fmt(loc["chance"]), metrics["identity"]["lesion_copy"])
-
-
-def localization(cache, test, maps: np.ndarray, flagged: np.ndarray, classes: list[str],
-                 size: int, threshold: float) -> dict:
-    """The explain stage's scores for the anomaly maps of annotated test images; 'correct' means
-    flagged as anomalous at the validation Youden threshold."""
-    ids = test["image_id"].tolist()
-    annotated = np.array([bool(cache.lesions(i)) for i in ids])
-    keep = np.flatnonzero(annotated)
-    lesions, content = model_frame_annotations(cache, [ids[i] for i in keep], size)
-    scores = [score_cam(maps[i], les, box, threshold) for i, les, box in zip(keep, lesions, content)]
-    out = grouped_summary(scores, test["label"].to_numpy()[keep].tolist(), list(flagged[keep]),
-                          classes)
-    return {"map_threshold": threshold, "correct_means": "flagged at the validation Youden threshold",
-            **out}
 
 
 def _fmt(value) -> str:

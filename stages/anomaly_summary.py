@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from assurexray.anomaly.compare import (classifier_scores, comparison, comparison_markdown,
-                                        curves)
+from assurexray.anomaly.compare import classifier_scores, comparison, comparison_markdown, curves
 from assurexray.anomaly.data import normal_index
 from assurexray.console import run_main
 from assurexray.data.schema import DatasetInfo

@@ -135,10 +135,10 @@ def test_scores_and_maps(trained):
 
 def test_predict_adds_the_anomaly_score_and_map(trained, tmp_path):
     from PIL import Image
-    from test_predict import make_checkpoint, radiograph
 
     from assurexray.anomaly.scoring import score_letterboxed
     from assurexray.cli import main
+    from test_predict import make_checkpoint, radiograph
 
     model, meta, _ = trained
     ae_path = tmp_path / "ae.pt"

@@ -3,8 +3,13 @@ allocated), the small CPU defaults, and the shortcut remedies."""
 import pytest
 import torch
 
-from assurexray.anomaly.models import (PUBLISHED, ArchitectureError, UNetAE, build_autoencoder,
-                                       count_parameters)
+from assurexray.anomaly.models import (
+    PUBLISHED,
+    ArchitectureError,
+    UNetAE,
+    build_autoencoder,
+    count_parameters,
+)
 from assurexray.params import Params
 
 # Documented in anomaly/models.py (ImgAE-Dx: about 55M with an unused decode path, 273M).

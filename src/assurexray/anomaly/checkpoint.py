@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from assurexray.anomaly.models import build_autoencoder
-from assurexray.training.checkpoint import (CheckpointError, _check_plain, atomic_save,
-                                            provenance)
+from assurexray.training.checkpoint import CheckpointError, _check_plain, atomic_save, provenance
 
 KIND = "autoencoder"
 REQUIRED_META = ("arch", "config", "image_size", "cache_size", "classes", "normal_class", "score",

@@ -4,7 +4,8 @@ Scores of the validation and test images are a table (``image_id, label, group, 
 one column per score). On test: AUCs with the grouped stratified bootstrap interval, per abnormal
 class (against the normals) and per center, all from the same resample weights; thresholds are
 chosen on validation (Youden, sensitivity and specificity targets, as the classifier's operating
-points) and only applied to test.
+points) and only applied to test. The anomaly maps of annotated test images are scored with the
+explain stage's localization code, so they sit in one table with Grad-CAM.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from assurexray.anomaly.scoring import SCORES
 from assurexray.evaluation.bootstrap import Predictions, bootstrap_weights, summarize
 from assurexray.evaluation.metrics import weighted_auc
 from assurexray.evaluation.operating_points import BinaryTask, evaluate_task
+from assurexray.explain.localization import grouped_summary, model_frame_annotations, score_cam
 from assurexray.params import AnalysisParams
 
 ABNORMAL = BinaryTask((1,), 0, False, "anomaly score")
@@ -73,3 +75,19 @@ def evaluate_scores(val: pd.DataFrame, test: pd.DataFrame, normal: str, primary:
         ABNORMAL, _predictions(val, normal, primary), _predictions(test, normal, primary),
         weights, analysis.sensitivity_target, analysis.specificity_target, ci)
     return out
+
+
+def localization(cache, test: pd.DataFrame, maps: np.ndarray, flagged: np.ndarray,
+                 classes: list[str], size: int, threshold: float) -> dict:
+    """The explain stage's scores for the anomaly maps of annotated test images; 'correct' means
+    flagged as anomalous at the validation Youden threshold."""
+    ids = test["image_id"].tolist()
+    annotated = np.array([bool(cache.lesions(i)) for i in ids])
+    keep = np.flatnonzero(annotated)
+    lesions, content = model_frame_annotations(cache, [ids[i] for i in keep], size)
+    scores = [score_cam(maps[i], les, box, threshold) for i, les, box in zip(keep, lesions, content)]
+    out = grouped_summary(scores, test["label"].to_numpy()[keep].tolist(), list(flagged[keep]),
+                          classes)
+    return {"map_threshold": threshold, "correct_means": "flagged at the validation Youden threshold",
+            **out}
+

@@ -28,8 +28,15 @@ from assurexray.anomaly.data import NormalImages, ae_transform, normal_index, no
 from assurexray.anomaly.models import architecture_config, build_autoencoder, count_parameters
 from assurexray.data.datasets import make_loader, seed_epoch
 from assurexray.params import AnomalyTrainParams, Params, to_dict
-from assurexray.training.loop import (RESUME_FILE, Loop, SplitData, TrainState, _log_epoch,
-                                      seed_everything, warmup_cosine)
+from assurexray.training.loop import (
+    RESUME_FILE,
+    Loop,
+    SplitData,
+    TrainState,
+    _log_epoch,
+    seed_everything,
+    warmup_cosine,
+)
 from assurexray.training.models import default_device
 
 log = logging.getLogger(__name__)
