@@ -20,17 +20,22 @@ from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.params import AnalysisParams
 
 CLASSIFIER = "classifier"
+
+
+class ComparisonError(AssureXRayError, ValueError):
+    """The models to compare did not score the same test images (or lack a normal class)."""
+
 LOCALIZATION_KEYS = ("n", "pointing_game", "chance", "energy_pointing", "iou_box", "iou_polygon")
 
 
 def classifier_scores(preds: SplitPredictions, image_ids: list[str], normal: str) -> np.ndarray:
     """1 - P(normal) of the classifier for ``image_ids`` (all must be predicted)."""
     if normal not in preds.classes:
-        raise AssureXRayError(f"classifier classes {preds.classes} lack '{normal}'")
+        raise ComparisonError(f"classifier classes {preds.classes} lack '{normal}'")
     score = pd.Series(1 - preds.probs()[:, preds.classes.index(normal)], index=preds.image_ids)
     missing = sorted(set(image_ids) - set(score.index))
     if missing:
-        raise AssureXRayError(f"the classifier has no test prediction for {len(missing)} image(s) "
+        raise ComparisonError(f"the classifier has no test prediction for {len(missing)} image(s) "
                               f"the autoencoders scored, e.g. {missing[:3]}; rerun evaluate")
     return score.loc[image_ids].to_numpy(float)
 
@@ -42,7 +47,7 @@ def model_scores(tables: dict[str, pd.DataFrame], evaluations: dict[str, dict],
     out = {}
     for arch, table in tables.items():
         if table["image_id"].tolist() != ids:
-            raise AssureXRayError(f"the {arch} autoencoder scored other test images; rerun "
+            raise ComparisonError(f"the {arch} autoencoder scored other test images; rerun "
                                   "anomaly_evaluate for every architecture")
         out[arch] = table[evaluations[arch]["primary_score"]].to_numpy(float)
     if classifier is not None:
