@@ -1,8 +1,10 @@
 """Throughput of `assurexray predict` on a folder of generated JPEGs vs the raw model forward.
 
 Both run at the same batch size on the same device: the forward on ready tensors (the ceiling),
-predict on files (decode, letterbox, transform, forward). Goal: predict within 20% of the
-forward. Writes a JSON of the figures.
+predict on files (decode, letterbox, transform, forward). Goal: predict at >= 0.9 of the
+forward. Writes a JSON of the figures, with the machine's load average (other processes on a
+shared machine slow both sides, not necessarily alike) and the cost of turning one file into
+cache pixels with and without the reduced JPEG decode.
 
     python bench/predict_throughput.py --out bench/predict_throughput.json [--checkpoint models/model.pt]
 
@@ -12,6 +14,7 @@ weights do not change the speed).
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +23,15 @@ import cv2
 import numpy as np
 import torch
 
+from assurexray.data.cache import letterbox, letterboxed_file
+from assurexray.data.imageio import read_image
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor
-from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model, default_device
+
+GOAL = 0.9  # predict / raw forward (issue 8.10)
 
 
 def main() -> None:
@@ -44,17 +51,21 @@ def main() -> None:
         ckpt = args.checkpoint or untrained_checkpoint(load_params(args.params), tmp / "model.pt")
         model, meta = load_checkpoint(ckpt, device)
         files = write_jpegs(tmp / "images", args.n, args.side)
-        shape = (3, meta["image_size"], meta["image_size"])
+        shape = (3, meta.image_size, meta.image_size)
         forward = timed(lambda: raw_forward(model, args.n, args.batch_size, shape, device), device)
         predictor = Predictor(model, meta, ckpt, args.batch_size, args.workers)
         predict = timed(lambda: sum(1 for _ in predictor.predict(files)), device)
+        decode_ms = decode_costs(files, meta["cache_size"])
     result = {"device": str(device), "torch_threads": torch.get_num_threads(),
-              "backbone": meta["backbone"], "image_size": meta["image_size"],
-              "cache_size": meta["cache_size"], "n_images": args.n, "jpeg_side": args.side,
+              "backbone": meta.backbone, "image_size": meta.image_size,
+              "cache_size": meta.cache_size, "n_images": args.n, "jpeg_side": args.side,
               "batch_size": args.batch_size, "workers": args.workers,
               "forward_images_per_s": args.n / forward, "predict_images_per_s": args.n / predict}
     result["predict_over_forward"] = result["predict_images_per_s"] / result["forward_images_per_s"]
-    result["within_20_percent"] = result["predict_over_forward"] >= 0.8
+    result["decode_letterbox_ms"] = decode_ms
+    result["goal"] = GOAL
+    result["meets_goal"] = result["predict_over_forward"] >= GOAL
+    result["load_average_1min"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -62,11 +73,11 @@ def main() -> None:
 
 def untrained_checkpoint(params, path: Path) -> Path:
     model = build_model(params.model.backbone, 3, pretrained=False)
-    save_checkpoint(path, model, {
-        "backbone": params.model.backbone, "classes": ["Normal", "Benign", "Malignant"],
-        "image_size": params.train.image_size, "cache_size": params.preprocess.cache_size,
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dropout": params.model.dropout,
-        "params": to_dict(params), "split": params.split, "epoch": 0, "best_val_macro_auc": 0.0})
+    save_checkpoint(path, model, CheckpointMeta(
+        backbone=params.model.backbone, classes=["Normal", "Benign", "Malignant"],
+        image_size=params.train.image_size, cache_size=params.preprocess.cache_size,
+        mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), dropout=params.model.dropout,
+        params=to_dict(params), split=params.split, epoch=0, best_val_macro_auc=0.0))
     return path
 
 
@@ -84,6 +95,21 @@ def write_jpegs(folder: Path, n: int, side: int) -> list[Path]:
         cv2.imwrite(str(files[-1]), cv2.GaussianBlur(img, (7, 7), 0),
                     [cv2.IMWRITE_JPEG_QUALITY, 90])
     return files
+
+
+def decode_costs(files: list[Path], size: int) -> dict:
+    """Median ms per file to cache pixels: full decode + letterbox (the reader before the
+    reduced JPEG decode) vs ``letterboxed_file``. Interleaved, so that load hits both alike."""
+    full, reduced = [], []
+    for path in files * 2:
+        start = time.perf_counter()
+        letterbox(read_image(path), size)
+        full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        letterboxed_file(path, size)
+        reduced.append(time.perf_counter() - start)
+    return {"full_decode": 1e3 * float(np.median(full)),
+            "reduced_decode": 1e3 * float(np.median(reduced))}
 
 
 def raw_forward(model, n: int, batch_size: int, shape: tuple, device) -> None:

@@ -1,4 +1,5 @@
-"""Analyze stage: bootstrap intervals, binary operating points and subgroup metrics on test."""
+"""Analyze stage: test intervals (bootstrap for AUCs, exact for proportions), the shipped
+operating points measured on test, and subgroup metrics."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ from pathlib import Path
 
 from assurexray.console import run_main
 from assurexray.data.schema import DatasetInfo, read_index
-from assurexray.evaluation.bootstrap import METHOD, bootstrap_metrics, read_groups, read_predictions
-from assurexray.evaluation.operating_points import operating_points
+from assurexray.evaluation.bootstrap import METHOD, METHODS, bootstrap_metrics, read_groups, read_predictions
+from assurexray.evaluation.operating_points import evaluate_operating_points, read_fitted
 from assurexray.evaluation.subgroups import (
     forest_plot,
     plot_records,
@@ -24,8 +25,8 @@ log = logging.getLogger("analyze")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("params", "predictions", "groups", "index", "info", "metrics", "subgroups",
-                 "plots"):
+    for name in ("params", "predictions", "groups", "index", "info", "calibration", "metrics",
+                 "subgroups", "plots"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
 
@@ -33,21 +34,22 @@ def main() -> None:
     a, seed = params.analysis, params.seed
     classes = DatasetInfo.load(args.info).classes
     groups = read_groups(args.groups)
-    val = read_predictions(args.predictions / "val.csv", classes, groups)
     test = read_predictions(args.predictions / "test.csv", classes, groups)
+    # The thresholds were fitted on calibrated validation probabilities: apply them to test's.
+    temperature, fitted = read_fitted(args.calibration, classes)
+    test_calibrated = read_predictions(args.predictions / "test.csv", classes, groups, temperature)
     factors = subgroup_factors(read_index(args.index), test.image_ids, a.age_bands)
 
     table = subgroup_table(test, factors, classes, a.age_bands, a.bootstrap_iterations,
                            a.ci_level, seed, a.min_subgroup_size)
     report = {
-        "method": METHOD, "iterations": a.bootstrap_iterations, "ci_level": a.ci_level,
-        "seed": seed,
+        "method": METHOD, "methods": METHODS, "iterations": a.bootstrap_iterations,
+        "ci_level": a.ci_level, "seed": seed,
         "test": {"n_images": len(test), "n_groups": len(set(test.groups)),
                  "note": table["reason"].iloc[0] or None,
                  **bootstrap_metrics(test, classes, a.bootstrap_iterations, a.ci_level, seed)},
-        "operating_points": operating_points(val, test, classes, a.sensitivity_target,
-                                             a.specificity_target, a.bootstrap_iterations,
-                                             a.ci_level, seed),
+        "operating_points": evaluate_operating_points(fitted, test_calibrated, classes,
+                                                      a.ci_level),
         "subgroups": summarize_subgroups(table, a.min_subgroup_size),
     }
 

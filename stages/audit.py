@@ -7,9 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from assurexray.console import run_main
-from assurexray.data.audit import render_report, run_audit, write_plots
+from assurexray.data.audit import run_audit
+from assurexray.data.audit_report import report_context, write_plots
 from assurexray.data.schema import DatasetInfo, read_index
 from assurexray.params import load_params
+from assurexray.reporting.render import header, render
 
 log = logging.getLogger("audit")
 
@@ -28,7 +30,10 @@ def main() -> None:
     result.quality.to_csv(args.quality, index=False)
     args.metrics.write_text(json.dumps(result.metrics, indent=2) + "\n")
     figures = write_plots(result, args.plots)
-    args.report.write_text(render_report(result, figures, args.report))
+    args.report.write_text(render(
+        "data_audit.md.j2", **report_context(result, figures, args.report),
+        header=header("Data audit", "the audit stage (`stages/audit.py`, `dvc repro audit`)",
+                      "the prepared index", result.info.source)))
     m = result.metrics
     log.info("%d images in = %d usable + %d excluded; %d exact and %d near duplicate pairs",
              m["images_in"], m["usable"], m["excluded"], m["exact_duplicate_pairs"],

@@ -26,8 +26,8 @@ def main() -> None:
     args.predictions.mkdir(parents=True, exist_ok=True)
     partitions = {}
     for name in PARTITIONS:
-        ids, labels = read_split(args.splits / f"{name}.csv", meta["classes"])
-        partitions[name] = predict_images(model, cache, ids, labels, meta["classes"], transform,
+        ids, labels = read_split(args.splits / f"{name}.csv", meta.classes)
+        partitions[name] = predict_images(model, cache, ids, labels, meta.classes, transform,
                                           params.evaluate.batch_size, device)
         partitions[name].to_frame().to_csv(args.predictions / f"{name}.csv", index=False)
     metrics = evaluation_metrics(partitions)

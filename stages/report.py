@@ -5,7 +5,9 @@ from pathlib import Path
 
 from assurexray.console import run_main
 from assurexray.params import load_params
-from assurexray.reporting.report import load_inputs, render_model_card, render_report
+from assurexray.reporting.inputs import load_inputs
+from assurexray.reporting.model_card import render_model_card
+from assurexray.reporting.report import render_report
 
 log = logging.getLogger("report")
 

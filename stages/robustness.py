@@ -21,8 +21,8 @@ def main() -> None:
 
     params = load_params(args.params)
     model, meta, cache, transform, device = load_for_inference(args.model, args.cache)
-    ids, labels = read_split(args.splits / "test.csv", meta["classes"])
-    report = evaluate_robustness(model, cache, ids, labels, meta["classes"], transform,
+    ids, labels = read_split(args.splits / "test.csv", meta.classes)
+    report = evaluate_robustness(model, cache, ids, labels, meta.classes, transform,
                                  params.robustness.severities, params.evaluate.batch_size,
                                  device, params.seed)
     write_json(args.metrics, report)

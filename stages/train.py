@@ -27,8 +27,8 @@ def main() -> None:
     model, meta = train_classifier(params, ImageCache(args.cache), classes, train, val,
                                    args.resume_dir, args.live)
     save_checkpoint(args.model, model, meta)
-    log.info("wrote %s (epoch %d, val macro AUC %.4f)", args.model, meta["epoch"] + 1,
-             meta["best_val_macro_auc"])
+    log.info("wrote %s (epoch %d, val macro AUC %.4f)", args.model, meta.epoch + 1,
+             meta.best_val_macro_auc)
 
 
 if __name__ == "__main__":

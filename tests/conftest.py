@@ -20,7 +20,7 @@ def shared_btxrd() -> Path:
 @pytest.fixture(scope="session")
 def tiny_twin(tmp_path_factory) -> Path:
     """A small BTXRD twin (with planted defects) generated once per test session."""
-    from assurexray.data.synthetic import generate_twin
+    from assurexray.data.synthetic.writer import generate_twin
 
     root = tmp_path_factory.mktemp("twin")
     return generate_twin(root, n_images=60, seed=7, defects=True, min_side=160, max_side=320)

@@ -16,7 +16,8 @@ from assurexray.anomaly.identity import draw_lesions, identity_check
 from assurexray.anomaly.scoring import score_inputs
 from assurexray.anomaly.train import train_autoencoder
 from assurexray.data.cache import letterbox
-from assurexray.data.synthetic import plan_rows, render_image
+from assurexray.data.synthetic.metadata import plan_rows
+from assurexray.data.synthetic.render import render_image
 from assurexray.params import Params
 from assurexray.training.checkpoint import CheckpointError
 from assurexray.training.loop import SplitData

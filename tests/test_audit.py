@@ -14,9 +14,10 @@ import scipy.fft
 import yaml
 from PIL import Image
 
-from assurexray.data import audit
+from assurexray.data import audit, audit_report, duplicates
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS, DatasetInfo, read_index
 from assurexray.params import AuditParams
+from assurexray.reporting.render import SYNTHETIC_BANNER, header, render
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -232,7 +233,7 @@ def test_phash_matches_explicit_dct_and_scipy_dct_is_orthonormal():
     assert np.allclose(scipy.fft.idctn(scipy.fft.dctn(x, norm="ortho"), norm="ortho"), x)
     for seed in range(5):
         img = texture(seed)
-        assert audit.phash(img) == reference_phash(img)
+        assert duplicates.phash(img) == reference_phash(img)
 
 
 def hamming(a: int, b: int) -> int:
@@ -241,30 +242,34 @@ def hamming(a: int, b: int) -> int:
 
 def test_phash_properties():
     a = texture(1)
-    assert hamming(audit.phash(a), audit.phash(a.copy())) == 0
+    assert hamming(duplicates.phash(a), duplicates.phash(a.copy())) == 0
     decoded = np.array(Image.open(io.BytesIO(jpeg_bytes(
         np.array(Image.fromarray(a).resize((150, 180), Image.BILINEAR)), 60))))
-    assert hamming(audit.phash(a), audit.phash(decoded)) <= 4
-    distances = [hamming(audit.phash(texture(i)), audit.phash(texture(i + 100))) for i in range(10)]
+    assert hamming(duplicates.phash(a), duplicates.phash(decoded)) <= 4
+    distances = [hamming(duplicates.phash(texture(i)), duplicates.phash(texture(i + 100))) for i in range(10)]
     assert min(distances) > 12 and np.mean(distances) > 24
-    assert 0 <= audit.phash(a) < 2 ** 64
+    assert 0 <= duplicates.phash(a) < 2 ** 64
 
 
 def test_near_pairs_matches_brute_force(monkeypatch):
-    monkeypatch.setattr(audit, "HASH_BLOCK", 7)  # several blocks, a partial last one
+    monkeypatch.setattr(duplicates, "HASH_BLOCK", 7)  # several blocks, a partial last one
     rng = np.random.default_rng(3)
     hashes = [int(h) for h in rng.integers(0, 2 ** 63, 40, dtype=np.int64)]
     hashes += [h ^ (1 << int(rng.integers(64))) for h in hashes[:10]] + [hashes[0]]
     brute = sorted((i, j, (hashes[i] ^ hashes[j]).bit_count()) for i in range(len(hashes))
                    for j in range(i + 1, len(hashes)) if (hashes[i] ^ hashes[j]).bit_count() <= 3)
-    assert audit.near_pairs(hashes, 3) == brute
+    assert duplicates.near_pairs(hashes, 3) == brute
     assert len(brute) >= 11
 
 
 def test_cluster_ids_join_chains_and_name_by_first_member():
     pairs = pd.DataFrame([(3, 5, 0, True), (1, 3, 2, False), (0, 6, 1, False)],
                          columns=["a", "b", "distance", "exact"])
-    assert audit.cluster_ids(7, pairs) == ["dup001", "dup002", "", "dup002", "", "dup002", "dup001"]
+    assert duplicates.cluster_ids(7, pairs) == ["dup001", "dup002", "", "dup002", "", "dup002", "dup001"]
+    cycle = pd.concat([pairs, pd.DataFrame([(1, 5, 1, False)], columns=pairs.columns)])
+    assert duplicates.cluster_ids(7, cycle) == duplicates.cluster_ids(7, pairs)  # a cycle adds nothing
+    none = pairs.iloc[:0]
+    assert duplicates.cluster_ids(3, none) == ["", "", ""] and duplicates.cluster_ids(0, none) == []
 
 
 def test_jpeg_truncation_check():
@@ -278,16 +283,18 @@ def test_jpeg_truncation_check():
 # --------------------------------------------------------------------------- outputs
 
 def test_plots_and_report(result, tmp_path):
-    figures = audit.write_plots(result, tmp_path / "plots")
+    figures = audit_report.write_plots(result, tmp_path / "plots")
     for name in ("class_by_center", "image_sizes", "views", "sites", "annotation_coverage"):
         assert isinstance(json.loads((tmp_path / "plots" / f"{name}.json").read_text()), list)
     assert all(p.stat().st_size > 1000 for p in figures.values())
     cells = json.loads((tmp_path / "plots" / "class_by_center.json").read_text())
     assert len(cells) == result.metrics["usable"]
-    text = audit.render_report(result, figures, tmp_path / "docs" / "data_audit.md")
+    text = render("data_audit.md.j2", header=header("Data audit", "the audit stage", "the index",
+                                                    result.info.source),
+                  **audit_report.report_context(result, figures, tmp_path / "docs" / "data_audit.md"))
     head = "\n".join(text.splitlines()[:8])
     assert "Generated" in head and "not for clinical use" in head
-    assert "synthetic twin" not in text
+    assert "synthetic" not in text.lower()
     m = result.metrics
     assert f"**{m['images_in']}** = usable **{m['usable']}** + excluded **{m['excluded']}**" in text
     for section in ("Reconciliation", "Class x center", "Image sizes", "Views and sites",
@@ -325,15 +332,16 @@ def test_prepare_and_audit_stages_on_synthetic_twin(tmp_path):
     assert metrics["images_in"] == len(index) == metrics["usable"] + metrics["excluded"]
     assert metrics["excluded"] >= 3  # truncated, zero-byte, contradicting labels are planted
     report = (tmp_path / "docs/data_audit.md").read_text()
-    assert "synthetic twin" in report and "not from the real BTXRD" in report
+    assert SYNTHETIC_BANNER in "\n".join(report.splitlines()[:4])
 
 
 def test_audit_flags_every_planted_defect_of_the_twin(tiny_twin):
-    from assurexray.data import btxrd, synthetic
+    from assurexray.data import btxrd
+    from assurexray.data.synthetic import writer
 
     index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
     result = audit.run_audit(index, notes, DatasetInfo("synthetic", btxrd.CLASSES, str(tiny_twin)), PARAMS)
-    planted = synthetic.planted_defects(tiny_twin)
+    planted = writer.planted_defects(tiny_twin)
     rows = by_id(result)
     d = planted["defects"]
     expected_exclusions = {d["truncated_jpeg"]["image_id"]: audit.TRUNCATED,

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from scipy.stats import binomtest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from assurexray.evaluation.bootstrap import (
@@ -18,8 +19,9 @@ from assurexray.evaluation.bootstrap import (
     summarize,
     weighted_metrics,
 )
-from assurexray.evaluation.metrics import weighted_auc
+from assurexray.evaluation.metrics import classification_metrics, weighted_auc
 from assurexray.evaluation.predictions import SplitPredictions
+from assurexray.evaluation.proportions import clopper_pearson, effective_n, proportion_interval
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 
@@ -55,30 +57,34 @@ def test_weighted_auc_undefined_without_positives():
     assert np.isnan(weighted_auc(np.zeros(4, bool), np.arange(4.0), np.ones(4))[0])
 
 
-def test_weighted_metrics_match_sklearn_on_original_sample():
+def test_point_estimates_match_sklearn():
     p = fake_predictions()
     m = weighted_metrics(p.y_true, p.y_pred, p.probs, np.ones((1, len(p))))
     assert m["macro_auc"][0] == pytest.approx(
         roc_auc_score(p.y_true, p.probs, multi_class="ovr", average="macro"), abs=1e-12)
     assert m["balanced_accuracy"][0] == pytest.approx(balanced_accuracy_score(p.y_true, p.y_pred))
-    assert m["accuracy"][0] == pytest.approx(np.mean(p.y_true == p.y_pred))
+    out = bootstrap_metrics(p, CLASSES, n_iter=20, ci_level=0.95, seed=0)
+    assert out["accuracy"]["value"] == pytest.approx(np.mean(p.y_true == p.y_pred))
+    assert (out["accuracy"]["count"], out["accuracy"]["n"]) == ((p.y_true == p.y_pred).sum(), len(p))
     cm = confusion_matrix(p.y_true, p.y_pred)
-    for c in range(3):
+    for c, name in enumerate(CLASSES):
         tp, fn, fp = cm[c, c], cm[c].sum() - cm[c, c], cm[:, c].sum() - cm[c, c]
         tn = cm.sum() - tp - fn - fp
-        assert m["sensitivity"][0, c] == pytest.approx(tp / (tp + fn))
-        assert m["specificity"][0, c] == pytest.approx(tn / (tn + fp))
+        sens, spec = out["sensitivity"][name], out["specificity"][name]
+        assert (sens["value"], sens["count"], sens["n"]) == (pytest.approx(tp / (tp + fn)), tp, tp + fn)
+        assert (spec["value"], spec["count"], spec["n"]) == (pytest.approx(tn / (tn + fp)), tn, tn + fp)
 
 
-def test_weights_equal_repeating_the_resampled_images():
-    p = fake_predictions(n_groups=40)
-    weights = bootstrap_weights(p.groups, p.y_true, n_iter=3, seed=5)
-    row = weights[2].astype(int)
-    idx = np.repeat(np.arange(len(p)), row)
-    m = weighted_metrics(p.y_true, p.y_pred, p.probs, weights[2:3])
-    assert m["macro_auc"][0] == pytest.approx(
-        roc_auc_score(p.y_true[idx], p.probs[idx], multi_class="ovr"), abs=1e-12)
-    assert m["accuracy"][0] == pytest.approx(np.mean(p.y_true[idx] == p.y_pred[idx]))
+def test_one_macro_auc_definition_for_evaluate_and_bootstrap():
+    # issue 9 item 8: evaluate.json (metrics) and analysis.json (bootstrap) use one function
+    p = fake_predictions()
+    full = bootstrap_metrics(p, CLASSES, n_iter=20, ci_level=0.95, seed=0)
+    assert full["macro_auc"]["value"] == pytest.approx(
+        classification_metrics(p.y_true, p.probs, CLASSES)["macro_auc"], abs=1e-12)
+    no_benign = p.subset(p.y_true != 1)
+    evaluated = classification_metrics(no_benign.y_true, no_benign.probs, CLASSES)
+    analysed = bootstrap_metrics(no_benign, CLASSES, n_iter=20, ci_level=0.95, seed=0)
+    assert np.isnan(evaluated["macro_auc"]) and analysed["macro_auc"]["value"] is None
 
 
 def test_resampling_keeps_groups_whole_and_strata_sizes():
@@ -100,14 +106,71 @@ def test_group_stratum_is_majority_label():
     assert strata.tolist() == [0, 2]  # b ties 1-1: the higher class
 
 
-def test_perfect_classifier_gives_degenerate_interval_at_one():
+def test_perfect_classifier_proportions_get_an_honest_interval_with_n():
+    # issue 9 item 7: 1.0 on a finite sample is not certainty (was "1.0 (1.0-1.0)")
     p = fake_predictions()
     perfect = Predictions(p.image_ids, p.y_true, p.y_true, np.eye(3)[p.y_true], p.groups)
     out = bootstrap_metrics(perfect, CLASSES, n_iter=200, ci_level=0.95, seed=0)
-    for key in ("macro_auc", "accuracy", "balanced_accuracy"):
-        assert (out[key]["value"], out[key]["ci_low"], out[key]["ci_high"]) == (1.0, 1.0, 1.0)
-        assert out[key]["valid_resamples"] == 200
-    assert out["auc"]["Malignant"]["ci_low"] == 1.0
+    malignant = out["sensitivity"]["Malignant"]
+    for interval in (out["accuracy"], malignant, out["specificity"]["Normal"]):
+        assert interval["value"] == interval["ci_high"] == 1.0
+        assert interval["ci_low"] < 1.0 and interval["n"] == interval["count"] > 0
+    n_groups = len(set(p.groups[p.y_true == 2]))
+    assert malignant["n_groups"] == n_groups and malignant["n_effective"] == n_groups
+    # 2 views per group, all agreeing: the interval of n_groups independent successes
+    assert malignant["ci_low"] == pytest.approx(
+        binomtest(n_groups, n_groups).proportion_ci(0.95, "exact").low)
+
+
+def test_clopper_pearson_equals_scipy_exact():
+    for n in (1, 7, 15, 60):
+        for x in range(n + 1):
+            low, high = clopper_pearson(x, n, 0.95)
+            ref = binomtest(x, n).proportion_ci(0.95, "exact")
+            assert (low, high) == (pytest.approx(ref.low, abs=1e-10), pytest.approx(ref.high, abs=1e-10))
+
+
+def test_one_image_per_group_is_the_plain_exact_interval():
+    hits = np.arange(40) % 5 != 0
+    assert effective_n(hits, np.arange(40)) == pytest.approx(40)
+    out = proportion_interval(hits, np.arange(40), 0.95)
+    ref = binomtest(32, 40).proportion_ci(0.95, "exact")
+    assert (out["ci_low"], out["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert (out["count"], out["n"], out["n_groups"]) == (32, 40, 40)
+
+
+def coverage(p: float, n_groups: int, views: int, icc: float, grouped: bool, seed: int = 0,
+             reps: int = 400) -> tuple[float, float]:
+    """(empirical coverage of the 95% interval, narrowest width) over ``reps`` simulated
+    datasets: per group a success rate drawn around p (intra-group correlation ``icc``)."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), views)
+    units = groups if grouped else np.arange(len(groups))
+    covered, narrowest = 0, 1.0
+    for _ in range(reps):
+        if icc > 0:
+            rates = rng.beta(p * (1 / icc - 1), (1 - p) * (1 / icc - 1), n_groups)[groups]
+        else:
+            rates = np.full(len(groups), p)
+        out = proportion_interval(rng.random(len(groups)) < rates, units, 0.95)
+        covered += out["ci_low"] <= p <= out["ci_high"]
+        narrowest = min(narrowest, out["ci_high"] - out["ci_low"])
+    return covered / reps, narrowest
+
+
+def test_interval_covers_a_rate_near_one_on_fifteen_images():
+    # 400 datasets of 15 independent images with a true sensitivity of 0.97: the percentile
+    # bootstrap gave "1.0 (1.0-1.0)" in 63% of them (every image positive).
+    rate, narrowest = coverage(0.97, n_groups=15, views=1, icc=0.0, grouped=True)
+    assert rate >= 0.93 and narrowest > 0
+
+
+def test_grouped_interval_covers_clustered_data_where_image_level_does_not():
+    # 30 patients x 3 views with strongly correlated views (ICC 0.5), true rate 0.9
+    grouped, narrowest = coverage(0.9, n_groups=30, views=3, icc=0.5, grouped=True, seed=1)
+    naive, _ = coverage(0.9, n_groups=30, views=3, icc=0.5, grouped=False, seed=1)
+    assert grouped >= 0.93 and narrowest > 0
+    assert naive < 0.92
 
 
 def test_same_seed_same_interval_other_seed_other_interval():
@@ -158,7 +221,6 @@ def test_undefined_resamples_are_excluded_and_counted():
     assert 0 < expected < 300
     assert out["auc"]["Malignant"]["valid_resamples"] == expected
     assert out["macro_auc"]["valid_resamples"] == expected
-    assert out["accuracy"]["valid_resamples"] == 300
 
 
 def test_absent_class_gives_null_auc_not_an_error():

@@ -13,7 +13,15 @@ import yaml
 
 from assurexray.data import btxrd
 from assurexray.data.audit import run_audit
-from assurexray.data.cache import CacheError, ImageCache, build_cache, content_box, letterbox, map_points
+from assurexray.data.cache import (
+    CacheError,
+    ImageCache,
+    build_cache,
+    content_box,
+    letterbox,
+    letterboxed_file,
+    map_points,
+)
 from assurexray.data.imageio import read_image
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, write_index
 from assurexray.params import AuditParams
@@ -52,6 +60,24 @@ def test_mapped_box_lands_on_the_drawn_box(h, w, size, box):
     out, scale, pad_x, pad_y = letterbox(img, size)
     mapped = map_points([[x0, y0], [x1, y1]], scale, pad_x, pad_y).ravel()
     np.testing.assert_allclose(mapped, bright_box(out), atol=1.0)
+
+
+@pytest.mark.parametrize("h,w,size,box", [
+    (1000, 700, 256, (120, 300, 420, 760)),   # decoded at 1/2, the box drawn in full pixels
+    (640, 1024, 128, (33, 47, 801, 590)),     # decoded at 1/8
+])
+def test_reduced_jpeg_decode_keeps_the_full_image_geometry(tmp_path, h, w, size, box):
+    img = np.full((h, w), 30, dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1] = 230
+    cv2.imwrite(str(tmp_path / "a.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out, scale, pad_x, pad_y, width, height = letterboxed_file(tmp_path / "a.jpg", size)
+    full, *geometry = letterbox(read_image(tmp_path / "a.jpg"), size)
+    assert (width, height) == (w, h) and [scale, pad_x, pad_y] == geometry
+    assert np.abs(out.astype(float) - full).mean() < 2.0  # the same picture
+    mapped = map_points([[x0, y0], [x1, y1]], scale, pad_x, pad_y).ravel()
+    np.testing.assert_allclose(mapped, bright_box(out), atol=1.0)
+    assert (out[:, :pad_x] == 0).all() and (out[:pad_y] == 0).all()  # padding stays black
 
 
 def test_map_points_arithmetic():

@@ -1,10 +1,12 @@
 """CAMs through pytorch-grad-cam: shape, range, hook hygiene, ROAD faithfulness."""
 from __future__ import annotations
 
+import json
 import re
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -13,11 +15,25 @@ from torch.utils.data import TensorDataset
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.predictions import SplitPredictions
-from assurexray.explain import cam, gallery, localization
-from assurexray.training.models import build_model
+from assurexray.explain import cam, gallery, layer_selection, localization
+from assurexray.reporting.render import SYNTHETIC_BANNER, header, render
+from assurexray.training.models import (
+    FAMILIES,
+    build_model,
+    cam_candidate_layers,
+    cam_layer_name,
+    cam_reshape_transform,
+    cam_target_layer,
+)
 
-BACKBONES = ["efficientnet_b0", "resnet18", "resnet50", "densenet121", "convnext_atto",
-             "mobilenetv3_small_100"]
+# One tiny model per registered family (input side, CAM-layer grid side), plus a timm family
+# that is not registered and gets its layer from feature_info.
+FAMILY_EXAMPLES = {"efficientnet": ("efficientnet_b0", 64, 2), "resnet": ("resnet18", 64, 2),
+                   "densenet": ("densenet121", 64, 2), "convnext": ("convnext_atto", 64, 2),
+                   "mobilenetv3": ("mobilenetv3_small_100", 64, 2),
+                   "vit": ("vit_tiny_patch16_224", 224, 14),
+                   "swin": ("swin_tiny_patch4_window7_224", 224, 7)}
+UNREGISTERED = ("regnetx_002", 64, 2)
 
 
 def _hooks(model: nn.Module) -> int:
@@ -30,13 +46,27 @@ def batch() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_cam_shape_range_and_hooks_released(backbone, batch):
+def test_every_registered_family_has_an_example():
+    assert set(FAMILY_EXAMPLES) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("backbone, side, grid", [*FAMILY_EXAMPLES.values(), UNREGISTERED],
+                         ids=[*FAMILY_EXAMPLES, "feature_info"])
+def test_cam_shape_range_and_hooks_released(backbone, side, grid):
     torch.manual_seed(0)
     model = build_model(backbone, num_classes=3, pretrained=False)
+    inputs = torch.randn(2, 3, side, side)
+    # The target layer's output, as the CAM sees it: spatial, not after global pooling.
+    reshape = cam_reshape_transform(model) or (lambda x: x)
+    seen = []
+    handle = cam_target_layer(model).register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        assert model.eval()(inputs).shape == (2, 3)
+    handle.remove()
+    assert reshape(seen[0]).shape[0] == 2 and reshape(seen[0]).shape[-2:] == (grid, grid)
     model.train()
-    maps = cam.compute_cams(model, batch, [0, 2], "gradcam")
-    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    maps = cam.compute_cams(model, inputs, [0, 2], "gradcam")
+    assert maps.shape == (2, side, side) and maps.dtype == np.float32
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     assert _hooks(model) == 0
     assert model.training                           # mode restored
@@ -110,15 +140,68 @@ def test_road_morf_drops_more_than_lerf_and_is_seeded(toy):
     targets = np.zeros(4, int)
     maps = cam.cams_for_dataset(toy, dataset, targets, "hirescam", batch_size=4)
     kwargs = dict(percentiles=[50, 80], batch_size=3, seed=5)
-    road = cam.road_scores(toy, dataset, maps, targets, **kwargs)
+    boxes = [[0, 0, 32, 32]] * 4                   # no padding: every pixel is content
+    road = cam.road_scores(toy, dataset, maps, boxes, targets, **kwargs)
     assert road["morf"].shape == road["lerf"].shape == (2, 4)
     assert (road["morf"] < road["lerf"]).all()     # removing the evidence hurts more
-    again = cam.road_scores(toy, dataset, maps, targets, **kwargs)
+    again = cam.road_scores(toy, dataset, maps, boxes, targets, **kwargs)
     np.testing.assert_array_equal(road["morf"], again["morf"])
     np.testing.assert_array_equal(road["lerf"], again["lerf"])
-    summary = cam.road_summary(road, [50, 80])
+    summary = cam.road_summary(road, [50, 80], bootstrap_iterations=200, ci_level=0.9, seed=1)
     assert summary["n"] == 4 and summary["combined"] > 0
     assert summary["morf"]["80"] == pytest.approx(road["morf"][1].mean())
+    assert summary["combined_ci_low"] <= summary["combined"] <= summary["combined_ci_high"]
+    assert summary["ci_level"] == 0.9
+    assert cam.road_summary(road, [50, 80], 200, 0.9, seed=1) == summary   # seeded
+
+
+def test_road_summary_interval_spans_the_images_and_needs_two():
+    road = {"morf": np.array([[-0.4, -0.2, 0.0, -0.6]]), "lerf": np.array([[0.0, 0.0, 0.0, 0.0]])}
+    summary = cam.road_summary(road, [50], bootstrap_iterations=500)
+    per_image = np.array([0.2, 0.1, 0.0, 0.3])
+    assert summary["combined"] == pytest.approx(per_image.mean())
+    assert 0.0 <= summary["combined_ci_low"] < summary["combined"] < summary["combined_ci_high"] <= 0.3
+    one = cam.road_summary({k: v[:, :1] for k, v in road.items()}, [50])
+    assert one["n"] == 1 and one["combined_ci_low"] is None and one["combined_ci_high"] is None
+
+
+class PaddingReader(nn.Module):
+    """Class 0 = brightness of the left 8 columns only: the letterbox padding in the test below."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(0.5))   # p(class 0) = 0.12 on black padding
+
+    def forward(self, x):
+        return self.gain * torch.stack([x[..., :8].mean((1, 2, 3)), -x[..., :8].mean((1, 2, 3))], 1)
+
+
+def test_road_ranks_and_imputes_content_pixels_only():
+    """A CAM that points at the padding cannot move ROAD: the padding is never imputed, so a
+    model that reads only the padding keeps its confidence at every percentile."""
+    _, dataset = _blob_images(3)
+    inputs = dataset.tensors[0].clone()
+    inputs[..., :8] = -2.0                          # the padding band, as normalized black
+    dataset = TensorDataset(inputs, dataset.tensors[1])
+    maps = np.zeros((3, 32, 32), np.float32)
+    maps[..., :8] = 1.0                             # all relevance on the padding
+    boxes = [[8, 0, 32, 32]] * 3
+    road = cam.road_scores(PaddingReader(), dataset, maps, boxes, np.zeros(3, int),
+                           percentiles=[20, 50], batch_size=2, seed=0)
+    assert np.abs(road["morf"]).max() == 0.0 and np.abs(road["lerf"]).max() == 0.0
+    ranks = [cam.tie_broken_ranks(m[:, 8:], np.random.default_rng(0)) for m in maps]
+    crops = [cam.content_crop(box, (32, 32)) for box in boxes]
+    imputed = cam.road_inputs(inputs, ranks, crops, 50, most_relevant_first=True)
+    assert torch.equal(imputed[..., :8], inputs[..., :8])
+    changed = (imputed != inputs).any(dim=1)        # pixels imputed, per image
+    assert (changed.sum(dim=(1, 2)) == 32 * 24 // 2).all()
+
+
+def test_content_crop_takes_the_pixel_centres_inside_the_box():
+    rows, cols = cam.content_crop([2.0, 3.4, 10.6, 7.5], (12, 12))
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (3, 7, 2, 11)
+    np.testing.assert_array_equal(localization.box_mask([[2.0, 3.4, 10.6, 7.5]], (12, 12)),
+                                  np.pad(np.ones((4, 9), bool), ((3, 5), (2, 1))))
 
 
 def test_tie_broken_ranks_keep_order_and_split_ties_exactly():
@@ -192,28 +275,116 @@ def test_triptych_png(tmp_path):
 def test_summary_page_links_the_gallery_and_warns(tmp_path):
     score = localization.LocalizationScore(1.0, 0.6, 0.1, 0.4, 0.3, False)
     road = {"morf": np.array([[-0.3, -0.1]]), "lerf": np.array([[-0.05, 0.0]])}
+    choice = {"selected_layer": "layer4.1", "selected_by": layer_selection.BY_VALIDATION,
+              "n_validation": 7, "candidates": {}}
     metrics = {"method": "gradcam", "cam_threshold": 0.5, "n_test": 10, "n_annotated": 2,
+               "layer_selection": choice,
                "localization": {t: localization.grouped_summary(
                    [score, score], ["Benign", "Malignant"], [True, False],
                    ["Normal", "Benign", "Malignant"]) for t in ("true_class", "predicted_class")},
                "faithfulness": {"road": cam.road_summary(road, [50])}}
     cases = gallery.select_cases(_predictions(), per_class=1)
     summary = tmp_path / "docs" / "gradcam_summary.md"
-    text = gallery.summary_markdown(metrics, cases, tmp_path / "plots" / "gallery", summary,
-                                    synthetic=True)
-    assert text.splitlines()[0].startswith("_Generated by `stages/explain.py`")
-    assert NOT_FOR_CLINICAL_USE in text and "Synthetic data" in text
+
+    def page(source: str, explain: dict = metrics) -> str:
+        return render("gradcam_summary.md.j2", header=header("Grad-CAM summary", "`stages/explain.py`",
+                                                              "`metrics/explain.json`", source),
+                      **gallery.summary_context(explain, cases, tmp_path / "plots" / "gallery", summary))
+
+    text = page("synthetic")
+    assert text.startswith("# Grad-CAM summary") and "Generated by `stages/explain.py`" in text
+    assert NOT_FOR_CLINICAL_USE in text and SYNTHETIC_BANNER in text
     assert "| all | 2 | 1.000 | 0.600 | 0.100 | 0.400 | 0.300 |" in text
     links = re.findall(r"\]\(([^)]+\.png)\)", text)
     assert len(links) == len(cases) and links[0] == "../plots/gallery/normal_tp_1.png"
-    assert "Synthetic data" not in gallery.summary_markdown(metrics, cases, tmp_path, summary,
-                                                            synthetic=False)
+    assert "layer `layer4.1`" in text and "validation pointing game (n = 7" in text
+    assert "**0.087** (95% interval 0.050 to 0.125, percentile bootstrap over images)" in text
+    sparse = {**metrics, "localization": {t: {**g, "incorrect": {"n": 0, "pointing_game": float("nan")}}
+                                          for t, g in metrics["localization"].items()}}
+    assert "| incorrect | 0 | - | - | - | - | - |" in page("synthetic", sparse)  # an empty subset
+    assert "synthetic" not in page("btxrd").lower()
+    # no annotated test image: the stage writes null sections, the page says so
+    empty = {**metrics, "n_annotated": 0, "localization": None, "faithfulness": {"road": None}}
+    text = page("synthetic", empty)
+    assert text.count("Not measured: no test image has a usable lesion annotation") == 2
+    assert "| subset |" not in text and len(re.findall(r"\.png\)", text)) == len(cases)
 
 
-def test_road_subset_is_seeded_sorted_and_capped():
-    sub = cam.road_subset(100, 24, seed=3)
+def test_seeded_subset_is_seeded_sorted_and_capped():
+    sub = cam.seeded_subset(100, 24, seed=3)
     assert len(sub) == 24 == len(set(sub)) and (np.diff(sub) > 0).all()
-    np.testing.assert_array_equal(sub, cam.road_subset(100, 24, seed=3))
-    assert not np.array_equal(sub, cam.road_subset(100, 24, seed=4))
-    np.testing.assert_array_equal(cam.road_subset(10, 24, seed=3), np.arange(10))
-    np.testing.assert_array_equal(cam.road_subset(10, 0, seed=3), np.arange(10))
+    np.testing.assert_array_equal(sub, cam.seeded_subset(100, 24, seed=3))
+    assert not np.array_equal(sub, cam.seeded_subset(100, 24, seed=4))
+    np.testing.assert_array_equal(cam.seeded_subset(10, 24, seed=3), np.arange(10))
+    np.testing.assert_array_equal(cam.seeded_subset(10, 0, seed=3), np.arange(10))
+
+
+# ------------------------------------------------------------------ layer chosen on validation
+
+class MirrorLayer(nn.Module):
+    """Two spatial layers: ``good`` sees the image as it is, ``late`` sees it mirrored (left-
+    right); class 0 reads the right half of ``late``, i.e. the left half of the image. Both
+    CAMs are for the same logit; only ``good``'s lands on the blob."""
+
+    def __init__(self):
+        super().__init__()
+        self.good = nn.Conv2d(3, 1, 1)
+        nn.init.constant_(self.good.weight, 1 / 3)
+        nn.init.zeros_(self.good.bias)
+        self.late = nn.Conv2d(1, 1, 1)
+        nn.init.ones_(self.late.weight)
+        nn.init.zeros_(self.late.bias)
+
+    def forward(self, x):
+        g = self.late(torch.flip(self.good(x), dims=[-1]))
+        half = g.shape[-1] // 2
+        return 20 * torch.stack([g[..., half:].mean((1, 2, 3)), g[..., :half].mean((1, 2, 3))], 1)
+
+
+def _blob_cache(tmp_path, n: int):
+    """An ImageCache of ``_blob_images`` (no padding) whose lesion box is each blob."""
+    from assurexray.data.cache import ImageCache
+
+    images, _ = _blob_images(n)
+    ids = [f"v{i}" for i in range(n)]
+    lesions = {}
+    for image_id, img in zip(ids, images):
+        ys, xs = np.nonzero(img == 230)
+        box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+        lesions[image_id] = [{"label": "Benign", "box": box, "polygon": []}]
+    np.save(tmp_path / "images.npy", np.stack(images))
+    pd.DataFrame({"image_id": ids, "row": range(n), "scale": 1.0, "pad_x": 0, "pad_y": 0,
+                  "width": 32, "height": 32}).to_csv(tmp_path / "meta.csv", index=False)
+    (tmp_path / "lesions.json").write_text(json.dumps(lesions))
+    return ImageCache(tmp_path), np.array(ids)
+
+
+def test_layer_is_chosen_by_the_validation_pointing_game(tmp_path):
+    cache, ids = _blob_cache(tmp_path, 5)
+    kwargs = dict(method="gradcam", batch_size=2, image_size=32, threshold=0.5, seed=0)
+    choice = layer_selection.select_layer(MirrorLayer(), cache, ids, np.zeros(5, int),
+                                          eval_transform(32), ["late", "good"], max_images=4,
+                                          **kwargs)
+    assert choice["selected_layer"] == "good"            # not the first (a-priori) candidate
+    assert choice["selected_by"] == layer_selection.BY_VALIDATION
+    assert choice["n_validation"] == 4 and choice["candidates"]["good"]["n"] == 4
+    assert choice["candidates"]["good"]["pointing_game"] == 1.0
+    assert choice["candidates"]["late"]["pointing_game"] == 0.0
+    none = layer_selection.select_layer(MirrorLayer(), cache, ids[:0], np.zeros(0, int),
+                                        eval_transform(32), ["late", "good"], max_images=4,
+                                        **kwargs)
+    assert none == {"selected_layer": "late", "selected_by": layer_selection.A_PRIORI,
+                    "n_validation": 0, "candidates": {"late": None, "good": None}}
+
+
+@pytest.mark.parametrize("backbone, expected", [("resnet18", ["layer4.1", "layer3"]),
+                                                ("efficientnet_b0", ["blocks.5", "blocks.4",
+                                                                     "blocks.6"])])
+def test_candidate_layers_start_with_the_family_layer_and_are_spatial(backbone, expected, batch):
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=3, pretrained=False)
+    candidates = cam_candidate_layers(model)
+    assert candidates == expected and candidates[0] == cam_layer_name(model)  # layer4 == layer4.1
+    for layer in candidates:
+        maps = cam.compute_cams(model, batch, [0, 1], "gradcam", layer)
+        assert maps.shape == (2, 64, 64) and _hooks(model) == 0

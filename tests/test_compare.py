@@ -6,7 +6,8 @@ from assurexray.cli import main
 
 def record(rev, name, split, auc, low, high, timestamp):
     data = {"rev": rev, "timestamp": timestamp,
-            "params": {"params.yaml": {"data": {"split": split, "seed": 42}}},
+            "params": {"params.yaml": {"data": {"split": split, "seed": 42,
+                                                "data": {"source": "synthetic"}}}},
             "metrics": {"metrics/analysis.json": {"data": {"test": {
                 "macro_auc": {"value": auc, "ci_low": low, "ci_high": high}}}}}}
     return {"rev": rev, "name": name, "data": data, "error": None}
@@ -36,6 +37,7 @@ def test_compare_picks_newest_run_per_split_and_computes_gap(tmp_path, capsys):
     assert table["experiments"]["center"]["name"] == "new-center"
     markdown = stem.with_suffix(".md").read_text()
     assert "0.610 (0.550-0.670)" in markdown and "not for clinical use" in markdown.lower()
+    assert "**Synthetic data" in "\n".join(markdown.splitlines()[:3])  # the shared header
 
 
 def test_compare_reports_a_missing_split(tmp_path):

@@ -42,7 +42,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "data/external"):  # data/external: the default data.tracked_path
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)

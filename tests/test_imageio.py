@@ -5,6 +5,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -12,7 +13,7 @@ from PIL import ExifTags, Image, ImageFile
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from assurexray.data.imageio import ImageReadError, image_size, is_dicom, read_image
+from assurexray.data.imageio import ImageReadError, image_size, is_dicom, read_image, read_image_reduced
 
 H, W = 24, 40
 RNG = np.random.default_rng(0)
@@ -306,3 +307,41 @@ def test_image_size_matches_read_image(tmp_path):
     for path in sorted(tmp_path.iterdir()):
         height, width = read_image(path).shape
         assert image_size(path) == (width, height), path.name
+
+
+# ---- reduced JPEG decode -----------------------------------------------------------------
+
+def smooth(h: int, w: int) -> np.ndarray:
+    """A radiograph-like smooth image (a JPEG's DCT scaling is exact only on smooth content)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return (127 + 100 * np.sin(x / 37.0) * np.cos(y / 53.0)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h,w,longer,shape", [
+    (640, 1024, 256, (160, 256)),   # 1/4
+    (1000, 600, 256, (500, 300)),   # 1/2: at 1/4 the shorter side (150) would be below its share (154)
+    (700, 1024, 300, (350, 512)),   # 1/2: 1/4 would leave the longer side at 256 < 300
+    (100, 80, 256, (100, 80)),      # smaller than needed: full decode
+])
+def test_reduced_jpeg_decode(tmp_path, h, w, longer, shape):
+    pixels = smooth(h, w)
+    Image.fromarray(pixels).save(tmp_path / "a.jpg", quality=95)
+    full = read_image(tmp_path / "a.jpg")
+    reduced, size = read_image_reduced(tmp_path / "a.jpg", longer)
+    assert size == (w, h) and reduced.shape == shape
+    assert max(reduced.shape) >= min(longer, max(h, w))
+    shrunk = cv2.resize(full, shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(float) - shrunk).mean() < 2.0  # the same picture, smaller
+
+
+def test_reduced_decode_of_other_formats_and_rotations(tmp_path):
+    pixels = smooth(300, 500)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    reduced, size = read_image_reduced(tmp_path / "a.png", 64)
+    assert np.array_equal(reduced, read_image(tmp_path / "a.png")) and size == (500, 300)
+    save_with_orientation(tmp_path / "r.png", pixels, 6)
+    reduced, size = read_image_reduced(tmp_path / "r.png", 64)
+    assert reduced.shape == (500, 300) and size == (300, 500)
+    save_with_orientation(tmp_path / "r.jpg", pixels, 6)  # stored 500 x 300, shown 300 x 500
+    reduced, size = read_image_reduced(tmp_path / "r.jpg", 125)
+    assert size == (300, 500) == image_size(tmp_path / "r.jpg") and reduced.shape == (125, 75)

@@ -10,6 +10,7 @@ from matplotlib.path import Path
 from scipy import ndimage
 from sklearn.metrics import jaccard_score
 
+from assurexray.data.cache import letterbox
 from assurexray.explain import localization as loc
 
 
@@ -159,3 +160,23 @@ def test_model_frame_annotations_scale_lesions_and_content_box():
     assert content == pytest.approx([0, 8, 32, 24])           # letterbox rows 16..48 of 64, halved
     assert lesions[0]["box"] == [4, 10, 12, 20]
     assert lesions[0]["polygon"] == [[4, 10], [12, 20], [4, 20]]
+
+
+@pytest.mark.parametrize("h,w", [(50, 101), (101, 50), (7, 200)])
+def test_content_box_is_the_letterboxed_content(h, w):
+    """The one content box (cache.content_box): the pixels letterbox really filled, also when
+    the shorter side was rounded (a float width * scale box misses up to half a pixel)."""
+    out, scale, pad_x, pad_y = letterbox(np.full((h, w), 255, np.uint8), 64)
+
+    class FakeCache:
+        size = 64
+        meta = pd.DataFrame({"image_id": ["x"], "row": [0], "scale": [scale], "pad_x": [pad_x],
+                             "pad_y": [pad_y], "width": [w], "height": [h]})
+
+        @staticmethod
+        def lesions(image_id):
+            return []
+
+    ys, xs = np.nonzero(out)
+    _, (content,) = loc.model_frame_annotations(FakeCache(), ["x"], image_size=64)
+    assert content == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]

@@ -1,14 +1,22 @@
 """Operating points: thresholds from hand-made validation scores, applied to test."""
+import json
+
 import numpy as np
 import pytest
+from scipy.special import softmax
+from scipy.stats import binomtest
 
+from assurexray.evaluation import metrics, operating_points
 from assurexray.evaluation.bootstrap import Predictions
 from assurexray.evaluation.operating_points import (
     BinaryTask,
-    binary_rates,
+    OperatingPointsError,
     binary_tasks,
     choose_thresholds,
-    operating_points,
+    decide,
+    evaluate_operating_points,
+    fit_operating_points,
+    read_fitted,
 )
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -62,15 +70,9 @@ def test_validation_without_positives_gives_no_threshold():
     assert all(v["threshold"] is None and "no positive" in v["note"] for v in got.values())
 
 
-def test_binary_rates_by_hand():
-    positive = np.array([True, True, True, False, False])
-    predicted = np.array([True, True, False, True, False])
-    rates = binary_rates(positive, predicted, np.array([[1, 1, 1, 1, 1], [2, 0, 1, 0, 1]], float))
-    assert [rates[k][0] for k in ("sensitivity", "specificity", "ppv", "npv")] == \
-        pytest.approx([2 / 3, 1 / 2, 2 / 3, 1 / 2])
-    # second row: tp 2, fn 1, fp 0, tn 1
-    assert [rates[k][1] for k in ("sensitivity", "specificity", "ppv", "npv")] == \
-        pytest.approx([2 / 3, 1.0, 1.0, 1 / 2])
+def test_one_binary_rates_implementation():
+    # issue 9 item 19: operating points count with the metrics module's rates, no copy
+    assert operating_points.binary_rates is metrics.binary_rates
 
 
 def test_binary_tasks_find_classes_by_name():
@@ -92,6 +94,10 @@ def test_tumour_score_is_one_minus_normal():
     assert task.labels(np.array([0, 1, 2])).tolist() == [False, True, True]
 
 
+def fit(val: Predictions, sens=0.95, spec=0.95, decision="youden") -> dict:
+    return fit_operating_points(val.y_true, val.probs, CLASSES, sens, spec, decision, "calibrated")
+
+
 def test_validation_thresholds_applied_to_test():
     positive, scores = val_arrays()
     val = malignant_predictions(scores, positive)
@@ -99,20 +105,28 @@ def test_validation_thresholds_applied_to_test():
     test_pos = rng.random(200) < 0.4
     test_scores = np.clip(rng.normal(0.35 + 0.3 * test_pos, 0.15), 0, 1)
     test = malignant_predictions(test_scores, test_pos)
-    out = operating_points(val, test, CLASSES, 0.95, 0.95, n_iter=300, ci_level=0.95, seed=0)
-    youden = out["malignant_vs_rest"]["youden"]
+    fitted = fit(val)
+    assert json.loads(json.dumps(fitted)) == fitted          # plain data, for checkpoint meta
+    out = evaluate_operating_points(fitted, test, CLASSES, ci_level=0.95)
+    task = out["malignant_vs_rest"]
+    assert (task["scale"], task["decision"], task["positive"]) == ("calibrated", "youden",
+                                                                   ["Malignant"])
+    youden = task["youden"]
     assert youden["threshold"] == 0.5
     assert youden["val"] == pytest.approx({"sensitivity": 0.9, "specificity": 0.9, "ppv": 0.9,
-                                           "npv": 0.9})
+                                           "npv": 0.9, "n_positive": 10, "n_negative": 10})
     called = test_scores >= 0.5
-    expected = {"sensitivity": called[test_pos].mean(), "specificity": (~called[~test_pos]).mean(),
-                "ppv": test_pos[called].mean(), "npv": (~test_pos[~called]).mean()}
-    for rate, value in expected.items():
+    expected = {"sensitivity": (called, test_pos), "specificity": (~called, ~test_pos),
+                "ppv": (test_pos, called), "npv": (~test_pos, ~called)}
+    for rate, (hit, among) in expected.items():
         interval = youden["test"][rate]
-        assert interval["value"] == pytest.approx(value)
-        assert interval["ci_low"] < value < interval["ci_high"]
-        assert interval["valid_resamples"] == 300
-    assert out["malignant_vs_rest"]["specificity_target"]["threshold"] == 0.65
+        assert (interval["count"], interval["n"]) == (hit[among].sum(), among.sum()), rate
+        assert interval["value"] == pytest.approx(hit[among].mean())
+        assert interval["ci_low"] < interval["value"] < interval["ci_high"]
+        # pairs of images share a group: never narrower than the independent-image interval
+        exact = binomtest(int(hit[among].sum()), int(among.sum())).proportion_ci(0.95, "exact")
+        assert interval["ci_low"] <= exact.low + 1e-12 and interval["ci_high"] >= exact.high - 1e-12
+    assert task["specificity_target"]["threshold"] == 0.65
     assert out["tumour_vs_normal"]["score"] == "1 - P(Normal)"
 
 
@@ -120,14 +134,60 @@ def test_undefined_ppv_is_null_and_missing_validation_class_is_noted():
     positive, scores = val_arrays()
     val = malignant_predictions(scores, positive)
     test = malignant_predictions(np.full(20, 0.01), np.arange(20) < 5)  # nobody called positive
-    out = operating_points(val, test, CLASSES, 0.9, 0.9, n_iter=50, ci_level=0.95, seed=0)
-    ppv = out["malignant_vs_rest"]["youden"]["test"]["ppv"]
-    assert ppv == {"value": None, "ci_low": None, "ci_high": None, "valid_resamples": 0}
-    assert out["malignant_vs_rest"]["youden"]["test"]["sensitivity"]["value"] == 0.0
+    out = evaluate_operating_points(fit(val, 0.9, 0.9), test, CLASSES, 0.95)
+    youden = out["malignant_vs_rest"]["youden"]["test"]
+    assert youden["ppv"]["value"] is None and youden["ppv"]["n"] == 0
+    assert youden["sensitivity"]["value"] == 0.0 and youden["sensitivity"]["ci_high"] > 0
 
     no_malignant = malignant_predictions(scores, np.zeros(20, bool), benign=positive)
-    out = operating_points(no_malignant, test, CLASSES, 0.9, 0.9, n_iter=50, ci_level=0.95, seed=0)
+    out = evaluate_operating_points(fit(no_malignant, 0.9, 0.9), test, CLASSES, 0.95)
     youden = out["malignant_vs_rest"]["youden"]
     assert youden["threshold"] is None and "no positive" in youden["note"]
     assert youden["test"]["sensitivity"]["value"] is None
     assert out["tumour_vs_normal"]["youden"]["threshold"] is not None
+
+
+def test_thresholds_are_fitted_on_the_calibrated_scale_predict_uses():
+    # Temperature scaling is not monotone in P(Malignant) across images (K > 2), so a
+    # threshold fitted on raw probabilities is not the same decision on calibrated ones.
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) * 2 + 1.5 * np.eye(3)[y]
+    temperature = 2.5
+    calibrated = softmax(logits / temperature, axis=1)
+    fitted = fit_operating_points(y, calibrated, CLASSES, 0.9, 0.9, "sensitivity_target",
+                                  "calibrated")
+    raw = fit_operating_points(y, softmax(logits, axis=1), CLASSES, 0.9, 0.9,
+                               "sensitivity_target", "raw")
+    point = fitted["malignant_vs_rest"]["sensitivity_target"]
+    assert point["threshold"] != raw["malignant_vs_rest"]["sensitivity_target"]["threshold"]
+    # the shipped decision reproduces the validation rates on the calibrated probabilities
+    decisions = [decide(fitted, p, CLASSES)["malignant_vs_rest"] for p in calibrated]
+    called = np.array([d["positive"] for d in decisions])
+    assert called[y == 2].mean() == pytest.approx(point["val"]["sensitivity"])
+    assert (~called[y != 2]).mean() == pytest.approx(point["val"]["specificity"])
+    first = decisions[0]
+    assert first["threshold"] == point["threshold"] and first["scale"] == "calibrated"
+    assert first["operating_point"] == "sensitivity_target"
+    assert first["val_sensitivity"] == point["val"]["sensitivity"] >= 0.9
+    tumour = decide(fitted, calibrated[0], CLASSES)["tumour_vs_normal"]
+    assert tumour["score"] == pytest.approx(1 - calibrated[0, 0])
+
+
+def test_fitted_points_round_trip_through_the_calibration_file(tmp_path):
+    positive, scores = val_arrays()
+    fitted = fit(malignant_predictions(scores, positive))
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"temperature": 1.7, "operating_points": fitted}))
+    assert read_fitted(path, CLASSES) == (1.7, fitted)
+    with pytest.raises(OperatingPointsError, match="not in"):
+        read_fitted(path, ["Normal", "Benign", "Cancer"])
+    path.write_text("{truncated")
+    with pytest.raises(OperatingPointsError, match="calibration.json: not JSON"):
+        read_fitted(path, CLASSES)
+    path.write_text(json.dumps({"temperature": 1.7}))
+    with pytest.raises(OperatingPointsError, match="calibration.json.*operating_points.*calibrate"):
+        read_fitted(path, CLASSES)
+    with pytest.raises(ValueError, match="decision"):
+        fit_operating_points(np.zeros(3, int), np.ones((3, 3)) / 3, CLASSES, 0.9, 0.9, "best",
+                             "calibrated")

@@ -1,5 +1,6 @@
 """dvc.yaml is the single source of truth: every stage depends on the code it runs."""
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = PIPELINE["stages"]
+
+
+TEMPLATES = SRC / "assurexray" / "reporting" / "templates"
+FILE_NAME = re.compile(r"[\w-]+(\.[\w-]+)+")
+TEMPLATE_REFERENCE = re.compile(r'{%-?\s*(?:include|import|from)\s+"([^"]+)"')
 
 
 def module_file(dotted: str) -> Path | None:
@@ -25,7 +31,8 @@ def imported_files(path: Path) -> set[Path]:
 
     ``from assurexray.data import schema`` names the module ``data/schema.py``; ``from
     assurexray import NOT_FOR_CLINICAL_USE`` names the package file that defines it. Empty
-    ``__init__.py`` files hold no code and are not counted.
+    ``__init__.py`` files hold no code and are not counted. Package data the code names
+    (document templates, published.yaml) counts too: a stage reads it at run time.
     """
     seen: set[Path] = set()
     todo = [path]
@@ -45,7 +52,23 @@ def imported_files(path: Path) -> set[Path]:
                 if file and file not in seen and file.stat().st_size:
                     seen.add(file)
                     todo.append(file)
+        seen |= data_files(ast.walk(tree))
     return seen
+
+
+def data_files(nodes) -> set[Path]:
+    """Package data named by a string in the code: a document template (with the partials it
+    includes or imports) or a file beside the modules (published.yaml)."""
+    names = {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    found = {d / n for n in names if FILE_NAME.fullmatch(n) and not n.endswith(".py")
+             for d in (TEMPLATES, TEMPLATES.parent) if (d / n).is_file()}
+    todo = [f for f in found if f.parent == TEMPLATES]
+    while todo:
+        for name in TEMPLATE_REFERENCE.findall(todo.pop().read_text()):
+            if TEMPLATES / name not in found:
+                found.add(TEMPLATES / name)
+                todo.append(TEMPLATES / name)
+    return found
 
 
 def stage_script(name: str) -> str:

@@ -16,10 +16,14 @@ from scipy.special import softmax
 from assurexray.cli import main
 from assurexray.data.cache import ImageCache, build_cache
 from assurexray.data.datasets import CachedDataset
+from assurexray.data.imageio import read_image_reduced
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
+from assurexray.data.sources import read_manifest
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from assurexray.evaluation.operating_points import fit_operating_points
 from assurexray.inference.runner import predict_logits
-from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.predict import collect_files
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -29,10 +33,10 @@ CACHE_SIZE, IMAGE_SIZE = 64, 48
 def make_checkpoint(path: Path, **extra) -> Path:
     torch.manual_seed(0)
     model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
-    meta = {"backbone": "mobilenetv3_small_100", "classes": CLASSES, "image_size": IMAGE_SIZE,
-            "cache_size": CACHE_SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "dropout": 0.0, "params": {}, "split": "stratified", "epoch": 1,
-            "best_val_macro_auc": 0.5, **extra}
+    meta = CheckpointMeta(backbone="mobilenetv3_small_100", classes=CLASSES, image_size=IMAGE_SIZE,
+                          cache_size=CACHE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                          dropout=0.0, params={}, split="stratified", epoch=1,
+                          best_val_macro_auc=0.5, **extra)
     save_checkpoint(path, model, meta)
     return path
 
@@ -92,8 +96,10 @@ def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_p
     build_cache(index, quality, CACHE_SIZE, tmp_path / "cache")
     model, meta = load_checkpoint(checkpoint)
     dataset = CachedDataset(ImageCache(tmp_path / "cache"), ids, None,
-                            eval_transform(meta["image_size"], meta["mean"], meta["std"]))
+                            eval_transform(meta.image_size, meta.mean, meta.std))
     expected = softmax(predict_logits(model, dataset, 2, "cpu").astype(np.float64), axis=1)
+    # tall.jpg (150 x 90) goes through the reduced JPEG decode at this cache size
+    assert read_image_reduced(images["tall.jpg"], CACHE_SIZE)[0].shape == (75, 45)
 
     code, records = predict(capsys, *[images[i] for i in ids], "--checkpoint", checkpoint,
                             "--batch-size", 2)
@@ -104,7 +110,7 @@ def test_predict_equals_evaluation_on_the_cached_image(images, checkpoint, tmp_p
         assert record["pred"] == CLASSES[int(np.argmax(probs))]
         assert record["checkpoint"]["backbone"] == "mobilenetv3_small_100"
         assert record["checkpoint"]["split"] == "stratified" and record["checkpoint"]["git_rev"]
-        assert "calibrated_probs" not in record
+        assert "calibrated_probs" not in record and "decisions" not in record
 
 
 def test_bad_files_get_error_records_and_dicom_is_read(images, checkpoint, tmp_path, capsys):
@@ -147,6 +153,22 @@ def test_folders_are_walked_in_sorted_order(images, checkpoint, tmp_path, capsys
     assert "README.md" in caplog.text                  # skipped, but said so
 
 
+def test_predict_takes_every_suffix_that_ingest_takes(images, tmp_path):
+    """A folder-per-class tree of TIFF, BMP, DICOM and PNG: ingest and predict take the same files."""
+    pixels = cv2.imread(str(images["tall.jpg"]), cv2.IMREAD_GRAYSCALE)
+    root = tmp_path / "tree" / "Normal"
+    root.mkdir(parents=True)
+    for name in ("a.tif", "b.tiff", "c.bmp", "d.png"):
+        cv2.imwrite(str(root / name), pixels)
+    (root / "b.tiff").rename(root / "b.TIFF")
+    write_mono1_dicom(root / "e.dicom", pixels)
+    (root / "notes.txt").write_text("not an image\n")
+    index, notes, _ = read_manifest(tmp_path / "tree", tmp_path / "raw")
+    files, empty = collect_files([tmp_path / "tree"])
+    assert not empty and sorted(map(str, files)) == sorted(index["file"]) and len(files) == 5
+    assert [Path(p).name for p in notes["path"]] == ["notes.txt"]
+
+
 def test_calibrated_probabilities_and_gradcam_overlay(images, tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0)
     code, (record,) = predict(capsys, images["wide.png"], "--checkpoint", ckpt, "--gradcam",
@@ -158,6 +180,31 @@ def test_calibrated_probabilities_and_gradcam_overlay(images, tmp_path, capsys):
     overlay = cv2.imread(record["gradcam"])
     assert overlay.shape == (CACHE_SIZE, CACHE_SIZE, 3)
     assert Path(record["gradcam"]).parent == tmp_path / "out" / "gradcam"
+
+
+def test_calibrated_checkpoint_decides_at_its_shipped_thresholds(images, tmp_path, capsys):
+    # issue 9 item 11: thresholds fitted on calibrated validation probabilities travel in
+    # calibrated.pt, and predict reports each decision with its threshold and scale
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    val_probs = softmax(rng.normal(size=(60, 3)) + 2 * np.eye(3)[y], axis=1)
+    points = fit_operating_points(y, val_probs, CLASSES, 0.9, 0.9, "youden", "calibrated")
+    ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0, operating_points=points)
+    code, records = predict(capsys, *images.values(), "--checkpoint", ckpt)
+    assert code == 0
+    for record in records:
+        calibrated = record["calibrated_probs"]
+        scores = {"malignant_vs_rest": calibrated["Malignant"],
+                  "tumour_vs_normal": 1 - calibrated["Normal"]}
+        assert set(record["decisions"]) == set(scores)
+        for task, decision in record["decisions"].items():
+            youden = points[task]["youden"]
+            assert decision["threshold"] == youden["threshold"] and decision["scale"] == "calibrated"
+            assert decision["operating_point"] == "youden"
+            assert decision["score"] == pytest.approx(scores[task])
+            assert decision["positive"] == (scores[task] >= youden["threshold"])
+            assert decision["val_sensitivity"] == youden["val"]["sensitivity"]
+            assert decision["val_specificity"] == youden["val"]["specificity"]
 
 
 def test_gradcam_needs_an_output_folder(images, checkpoint, capsys):

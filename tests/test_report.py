@@ -16,14 +16,17 @@ from assurexray.evaluation.bootstrap import METHOD, Predictions, bootstrap_metri
 from assurexray.evaluation.calibration import temperature_scaling_report
 from assurexray.evaluation.curves import evaluation_metrics
 from assurexray.evaluation.metrics import json_safe
-from assurexray.evaluation.operating_points import operating_points
+from assurexray.evaluation.operating_points import evaluate_operating_points, fit_operating_points
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.evaluation.subgroups import subgroup_table, summarize_subgroups
 from assurexray.explain.cam import road_summary
 from assurexray.explain.localization import grouped_summary, score_cam
 from assurexray.params import Params, to_dict
-from assurexray.reporting.report import SYNTHETIC_BANNER, fmt, load_inputs, render_model_card, render_report
-from assurexray.training.checkpoint import save_checkpoint
+from assurexray.reporting.inputs import load_inputs
+from assurexray.reporting.model_card import render_model_card
+from assurexray.reporting.render import SYNTHETIC_BANNER, ci
+from assurexray.reporting.report import render_report
+from assurexray.training.checkpoint import CheckpointMeta, save_checkpoint
 from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,10 +168,10 @@ TRAIN = {"train_loss": 0.61234, "val_loss": 0.7, "val_macro_auc": 0.79, "val_acc
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
-    meta = {"backbone": "mobilenetv3_small_100", "classes": CLASSES, "image_size": 160,
-            "cache_size": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "dropout": 0.0, "params": to_dict(Params()), "split": "stratified", "epoch": 8,
-            "best_val_macro_auc": 0.8011, "temperature": 1.7321}
+    meta = CheckpointMeta(backbone="mobilenetv3_small_100", classes=CLASSES, image_size=160,
+                          cache_size=256, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                          dropout=0.0, params=to_dict(Params()), split="stratified", epoch=8,
+                          best_val_macro_auc=0.8011, temperature=1.7321)
     path = tmp_path_factory.mktemp("model") / "calibrated.pt"
     save_checkpoint(path, model, meta)
     return path
@@ -221,7 +224,7 @@ def test_no_synthetic_banner_for_real_data(tmp_path, checkpoint):
 
 def test_figures_come_from_the_files(project):
     card, report = render(project)
-    macro_auc = fmt(ANALYSIS["test"]["macro_auc"])
+    macro_auc = ci(ANALYSIS["test"]["macro_auc"])
     assert macro_auc == "0.812 (0.771-0.852)"
     assert macro_auc in card and macro_auc in report
     # audit reconciliation, temperature and ECE, training, git revision, robustness, Grad-CAM
@@ -237,7 +240,7 @@ def test_figures_come_from_the_files(project):
     # published references are present and labelled as such
     for doc in (card, report):
         assert "published references, not results of this run" in doc
-        assert "macro AUC 0.627 (0.594-0.658)" in doc
+        assert "| malignant recall 0.839, precision 0.734 | doi 10.1038/s41597-024-04311-y |" in doc
 
 
 def test_operating_point_targets_missed_are_reported(project):
@@ -285,7 +288,7 @@ def test_missing_files_and_keys_give_explicit_lines(project):
     assert "subgroups.csv missing: run `dvc repro`" in report
     assert "analysis.json has no key 'operating_points'" in report
     assert "no_model.pt missing: run `dvc repro`" in card
-    assert fmt(ANALYSIS["test"]["macro_auc"]) in report  # sections that can still render do
+    assert ci(ANALYSIS["test"]["macro_auc"]) in report  # sections that can still render do
     for doc in (card, report):
         assert not PLACEHOLDERS.search(doc)
 
@@ -323,7 +326,9 @@ def test_producer_layouts_render_completely(project):
     analysis = {"method": METHOD, "iterations": 50, "ci_level": 0.95, "seed": 0,
                 "test": {"n_images": n, "n_groups": 45, "note": None,
                          **bootstrap_metrics(preds, CLASSES, 50, 0.95, 0)},
-                "operating_points": operating_points(preds, preds, CLASSES, 0.9, 0.9, 50, 0.95, 0),
+                "operating_points": evaluate_operating_points(fit_operating_points(
+                    preds.y_true, preds.probs, CLASSES, 0.9, 0.9, "youden", "calibrated"),
+                    preds, CLASSES, 0.95),
                 "subgroups": summarize_subgroups(table, 20)}
     split_preds = SplitPredictions(ids, CLASSES, y, logits)
     frame = pd.DataFrame({"image_id": ids, "group": preds.groups, "label": np.array(CLASSES)[y],
@@ -346,9 +351,14 @@ def test_producer_layouts_render_completely(project):
     for name, data in produced.items():
         (project["metrics_dir"] / name).write_text(json.dumps(json_safe(data)))
     table.to_csv(project["metrics_dir"] / "subgroups.csv", index=False)
-    for doc in render(project):
+    docs = render(project)
+    for doc in docs:
         assert "not available" not in doc.lower()
         assert not PLACEHOLDERS.search(doc), PLACEHOLDERS.search(doc).group()
+    # the model card states the scale of the shipped thresholds, and n beside proportions
+    assert "on the calibrated probability scale" in docs[0]
+    accuracy = analysis["test"]["accuracy"]
+    assert f"{accuracy['count']}/{accuracy['n']}" in docs[0]
 
 
 def test_stage_writes_both_documents(project, tmp_path):
@@ -365,3 +375,18 @@ def test_stage_writes_both_documents(project, tmp_path):
     assert card.startswith("# AssureXRay model card") and SYNTHETIC_BANNER in report
     assert "![roc](../plots/evaluate/roc.png)" in report
     assert "not available: nothing" in done.stderr
+
+
+def test_explain_without_annotated_images_is_stated(project):
+    """The explain stage writes n_annotated 0 and null localization/ROAD sections when no
+    test image has a usable annotation: both documents say so instead of failing."""
+    explain = {**METRICS["explain.json"], "n_annotated": 0, "localization": None,
+               "faithfulness": {"road": None}}
+    (project["metrics_dir"] / "explain.json").write_text(json.dumps(explain))
+    card, report = render(project)
+    for doc in (card, report):
+        assert "gradcam: no test image has a usable lesion annotation (n_annotated 0)" in doc
+        assert "Grad-CAM localization and faithfulness were not measured" in doc
+        assert "not available" not in doc.lower() and not PLACEHOLDERS.search(doc)
+    assert "Faithfulness (ROAD): not measured (no annotated test image)." in report
+    assert "**CAM of the true class**" not in report

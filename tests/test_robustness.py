@@ -11,18 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from assurexray.data.cache import ImageCache, letterbox
+from assurexray.data.cache import ImageCache, content_boxes, letterbox
+from assurexray.data.schema import DatasetInfo
 from assurexray.data.transforms import eval_transform
 from assurexray.inference.robustness import (
     CORRUPTIONS,
-    content_boxes,
     corrupt_images,
     corruption,
     drop_rows,
     evaluate_robustness,
     plot_robustness,
 )
-from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from assurexray.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_content_boxes_match_letterbox(h, w):
     ys, xs = np.nonzero(out)
     meta = pd.DataFrame([{"row": 0, "scale": scale, "pad_x": pad_x, "pad_y": pad_y,
                           "width": w, "height": h}])
-    assert content_boxes(meta, np.array([0]))[0].tolist() == [xs.min(), ys.min(),
+    assert content_boxes(meta)[0].tolist() == [xs.min(), ys.min(),
                                                                xs.max() + 1, ys.max() + 1]
 
 
@@ -188,6 +188,9 @@ def run_stage(name: str, *args: str) -> None:
     sys.argv = [str(script), *args]
     try:
         runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:  # run_main ends every stage with sys.exit: only a failure counts
+        if exc.code:
+            raise
     finally:
         sys.argv = saved
 
@@ -205,10 +208,10 @@ def project(tmp_path_factory):
     (root / "params.yaml").write_text("robustness:\n  severities: 1\nevaluate:\n  batch_size: 4\n")
     torch.manual_seed(0)
     model = build_model("resnet18", len(CLASSES), dropout=0.0)
-    save_checkpoint(root / "model.pt", model, {
-        "backbone": "resnet18", "classes": CLASSES, "image_size": 32, "cache_size": SIZE,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dropout": 0.0,
-        "params": {}, "split": "stratified", "epoch": 0, "best_val_macro_auc": 0.5})
+    save_checkpoint(root / "model.pt", model, CheckpointMeta(
+        backbone="resnet18", classes=CLASSES, image_size=32, cache_size=SIZE,
+        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], dropout=0.0,
+        params={}, split="stratified", epoch=0, best_val_macro_auc=0.5))
     run_stage("evaluate", "--params", str(root / "params.yaml"), "--model", str(root / "model.pt"),
               "--cache", str(root / "cache"), "--splits", str(splits),
               "--predictions", str(root / "predictions"), "--metrics", str(root / "evaluate.json"),
@@ -237,7 +240,10 @@ def test_calibrate_stage_stores_the_temperature(project):
               "--metrics", str(project / "calibration.json"), "--plots", str(project / "plots_cal"))
     report = json.loads((project / "calibration.json").read_text())
     _, meta = load_checkpoint(project / "calibrated.pt")
-    assert meta["temperature"] == pytest.approx(report["temperature"]) and meta["temperature"] > 0
+    assert meta.temperature == pytest.approx(report["temperature"]) and meta.temperature > 0
+    # the thresholds predict will use, fitted on the calibrated validation probabilities
+    assert meta.operating_points == report["operating_points"]
+    assert report["operating_points"]["malignant_vs_rest"]["scale"] == "calibrated"
     assert report["val"]["after"]["nll"] <= report["val"]["before"]["nll"] + 1e-9
     rows = json.loads((project / "plots_cal" / "reliability.json").read_text())
     assert sum(r["count"] for r in rows if r["calibration"] == "after") == 9
@@ -252,3 +258,23 @@ def test_robustness_stage(project):
     assert set(report["corruptions"]) == set(CORRUPTIONS) and report["severities"] == 1
     rows = json.loads((project / "plots_rob" / "robustness.json").read_text())
     assert len(rows) == len(CORRUPTIONS)
+
+
+def test_explain_stage_without_lesion_annotations(project):
+    """A source without boxes (a folder-per-class manifest): the gallery and the summary are
+    produced, localization and ROAD are null, the CAM layer stays the a-priori one."""
+    DatasetInfo("manifest", CLASSES, str(project)).save(project / "dataset.json")
+    run_stage("explain", "--params", str(project / "params.yaml"),
+              "--model", str(project / "model.pt"), "--cache", str(project / "cache"),
+              "--predictions", str(project / "predictions" / "test.csv"),
+              "--val-predictions", str(project / "predictions" / "val.csv"),
+              "--info", str(project / "dataset.json"), "--metrics", str(project / "explain.json"),
+              "--gallery", str(project / "gallery"), "--summary", str(project / "gradcam.md"))
+    metrics = json.loads((project / "explain.json").read_text())
+    assert metrics["n_test"] == 9 and metrics["n_annotated"] == 0
+    assert metrics["localization"] is None and metrics["faithfulness"] == {"road": None}
+    assert metrics["layer_selection"]["selected_layer"] == "layer4.1"
+    assert metrics["layer_selection"]["n_validation"] == 0
+    pngs = sorted(p.name for p in (project / "gallery").glob("*.png"))
+    assert pngs and len(pngs) == metrics["gallery"]["n_images"]
+    assert "Not measured" in (project / "gradcam.md").read_text()

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from assurexray.data import audit, btxrd, download, sources
@@ -137,8 +142,34 @@ def test_unique_ids_are_sanitized_stable_and_collision_free():
     assert sources.unique_ids(paths[::-1]) == ids[::-1]  # independent of order
 
 
+def test_manifest_ids_do_not_depend_on_where_the_data_sits(manifest_csv, tmp_path):
+    relative, _, _ = sources.read_manifest(manifest_csv, tmp_path / "raw")
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(manifest_csv.parent, moved)
+    # the copy's manifest names its images by absolute path
+    lines = (moved / "manifest.csv").read_text().splitlines()
+    absolute = [lines[0]] + [f"{moved / line}" if line[0] != "," else line for line in lines[1:]]
+    (moved / "manifest.csv").write_text("\n".join(absolute) + "\n")
+    index, _, _ = sources.read_manifest(moved / "manifest.csv", tmp_path / "raw2")
+    assert index["image_id"].tolist() == relative["image_id"].tolist()
+    assert index["file"].str.startswith(str(moved)).sum() == 4
+
+
+def test_manifest_ids_of_images_outside_its_folder_start_at_their_common_root(tmp_path):
+    data = tmp_path / "host" / "xray"
+    write_image(data / "siteA" / "p1.png", seed=1)
+    write_image(data / "siteB" / "p 2.png", seed=2)
+    manifest = tmp_path / "project" / "labels.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(f"path,label\n{data / 'siteA' / 'p1.png'},a\n{data / 'siteB' / 'p 2.png'},b\n")
+    index, _, _ = sources.read_manifest(manifest, tmp_path / "raw")
+    assert index["image_id"].tolist() == ["siteA_p1", "siteB_p_2"]
+
+
 def test_prepare_source_names_the_params_key_to_set(tmp_path):
     params = load_params(REPO / "params.yaml")
+    with pytest.raises(sources.SourceError, match=r"'data\.source' = 'nowhere'"):
+        sources.prepare_source(with_data(params, source="nowhere"), tmp_path)
     with pytest.raises(sources.SourceError, match=r"data\.btxrd_dir\.path"):
         sources.prepare_source(with_data(params, source="btxrd_dir"), tmp_path)
     missing = dataclasses.replace(params.data.manifest, path=str(tmp_path / "nope.csv"))
@@ -149,10 +180,29 @@ def test_prepare_source_names_the_params_key_to_set(tmp_path):
 def test_prepare_source_manifest(manifest_csv, tmp_path):
     params = load_params(REPO / "params.yaml")
     manifest = dataclasses.replace(params.data.manifest, path=str(manifest_csv))
-    index, notes, info = sources.prepare_source(with_data(params, source="manifest", manifest=manifest),
-                                                tmp_path / "raw")
+    params = with_data(params, source="manifest", manifest=manifest,
+                       tracked_path=str(manifest_csv.parent))
+    index, notes, info = sources.prepare_source(params, tmp_path / "raw")
     assert info.source == "manifest" and info.classes == ["healthy", "tumour"]
     assert len(index) == 5
+
+
+def test_own_data_outside_the_tracked_folder_is_refused(manifest_csv, tmp_path):
+    params = load_params(REPO / "params.yaml")
+    manifest = dataclasses.replace(params.data.manifest, path=str(manifest_csv))
+    # the manifest itself is tracked, one of its images is not
+    tracked = with_data(params, source="manifest", manifest=manifest,
+                        tracked_path=str(manifest_csv.parent / "imgs"))
+    with pytest.raises(sources.SourceError, match=r"2 file\(s\) of data\.manifest\.path lie outside "
+                       rf"data\.tracked_path .*here {manifest_csv.parent}\)"):
+        sources.prepare_source(tracked, tmp_path / "raw")
+    # a link to the data counts as the data
+    (tmp_path / "link").symlink_to(manifest_csv.parent)
+    linked = with_data(params, source="manifest", manifest=manifest, tracked_path=str(tmp_path / "link"))
+    assert len(sources.prepare_source(linked, tmp_path / "raw")[0]) == 5
+    folder = dataclasses.replace(params.data.btxrd_dir, path=str(manifest_csv.parent))
+    with pytest.raises(sources.SourceError, match=r"data\.btxrd_dir\.path lie outside"):
+        sources.prepare_source(with_data(params, source="btxrd_dir", btxrd_dir=folder), tmp_path / "raw")
 
 
 def test_prepare_source_btxrd_variants_share_one_ingest(tiny_twin, tmp_path, monkeypatch):
@@ -168,7 +218,8 @@ def test_prepare_source_btxrd_variants_share_one_ingest(tiny_twin, tmp_path, mon
     fetched = sources.prepare_source(with_data(params, source="btxrd", btxrd=cache), tmp_path / "raw")
     assert calls == [(cache, tmp_path / "raw", tmp_path / "cache")]
     folder = dataclasses.replace(params.data.btxrd_dir, path=str(tiny_twin))
-    local = sources.prepare_source(with_data(params, source="btxrd_dir", btxrd_dir=folder), tmp_path / "raw2")
+    local = sources.prepare_source(with_data(params, source="btxrd_dir", btxrd_dir=folder,
+                                             tracked_path=str(tiny_twin)), tmp_path / "raw2")
     for index, notes, info in (fetched, local):
         assert info.classes == btxrd.CLASSES and info.root == str(tiny_twin)
         assert list(index.columns) == INDEX_COLUMNS
@@ -186,3 +237,66 @@ def test_prepare_source_synthetic_is_reproducible(tmp_path):
     strip = lambda df, root: df.replace(str(root), "", regex=True)  # noqa: E731
     pd.testing.assert_frame_equal(strip(first[0], tmp_path / "a"), strip(second[0], tmp_path / "b"))
     assert len(first[0]) >= 24
+
+
+# --------------------------------------------------------------------------- DVC sees user data
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture
+def manifest_project(tmp_path) -> tuple[Path, Path]:
+    """A git + DVC project whose params point at a small manifest outside it."""
+    study = tmp_path / "study"
+    rows = ["path,label,center"]
+    for i in range(8):
+        write_image(study / "imgs" / f"{i}.png", w=64, h=48, seed=i)
+        rows.append(f"imgs/{i}.png,{'ab'[i % 2]},{'AB'[i // 4]}")
+    (study / "labels.csv").write_text("\n".join(rows) + "\n")
+    root = tmp_path / "project"
+    for name in ("stages", "src", "data/external"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] |= {"source": "manifest", "tracked_path": str(study),
+                       "manifest": {"path": str(study / "labels.csv")}}
+    params["preprocess"]["cache_size"] = 32
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.org"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "manifest project"]):
+        run(cmd, root)
+    return root, study
+
+
+def stages_named(status: str) -> set[str]:
+    return {line[:-1] for line in status.splitlines() if line.endswith(":") and not line[0].isspace()}
+
+
+def test_dvc_sees_an_edited_image_and_an_edited_label(manifest_project):
+    root, study = manifest_project
+    run(["dvc", "repro", "preprocess"], root)
+    assert "up to date" in run(["dvc", "status", "--with-deps", "preprocess"], root).lower()
+    before = np.load(root / "data" / "cache" / "images.npy")
+
+    write_image(study / "imgs" / "3.png", w=64, h=48, seed=99)  # same size: the index is unchanged
+    status = run(["dvc", "status", "--with-deps", "preprocess"], root)
+    assert stages_named(status) == {"prepare", "audit", "preprocess"}
+    log = run(["dvc", "repro", "preprocess"], root)
+    assert all(f"Running stage '{s}'" in log for s in ("prepare", "audit", "preprocess"))
+    after = np.load(root / "data" / "cache" / "images.npy")
+    changed = np.flatnonzero((before != after).any(axis=(1, 2)))
+    assert changed.tolist() == [pd.read_csv(root / "data" / "cache" / "meta.csv")
+                                .set_index("image_id").at["imgs_3", "row"]]
+
+    manifest = study / "labels.csv"
+    manifest.write_text(manifest.read_text().replace("imgs/3.png,b,", "imgs/3.png,a,"))
+    assert "prepare" in stages_named(run(["dvc", "status", "--with-deps", "preprocess"], root))
+    assert "Running stage 'prepare'" in run(["dvc", "repro", "preprocess"], root)
+    index = read_index(root / "data" / "index.csv").set_index("image_id")
+    assert index.at["imgs_3", "label"] == "a"
+    assert "up to date" in run(["dvc", "status", "--with-deps", "preprocess"], root).lower()

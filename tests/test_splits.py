@@ -10,6 +10,7 @@ import yaml
 
 from assurexray.data import btxrd
 from assurexray.data.audit import run_audit
+from assurexray.data.cache import build_cache
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, read_quality, write_index
 from assurexray.data.splits import SplitError, assign_groups, make_split, split_metrics, write_split
 from assurexray.params import AuditParams
@@ -145,6 +146,29 @@ def test_index_and_quality_must_list_the_same_images():
         assign_groups(index, quality_of(index.iloc[:1]))
 
 
+def test_a_repeated_id_excluded_by_the_audit_lets_split_and_preprocess_run(tiny_twin, tmp_path):
+    index, notes = btxrd.ingest_btxrd_dir(tiny_twin)
+    usable_twin = run_audit(index, notes, DatasetInfo("synthetic", CLASSES, str(tiny_twin)),
+                            AuditParams()).quality.query("usable")
+    repeated = usable_twin["image_id"].iloc[0]
+    # a metadata table naming one image twice: two index rows share the id
+    index = pd.concat([index, index[index["image_id"] == repeated]], ignore_index=True)
+    quality = run_audit(index, notes, DatasetInfo("synthetic", CLASSES, str(tiny_twin)),
+                        AuditParams()).quality
+    assert not quality.loc[quality["image_id"] == repeated, "usable"].any()
+    frame = split_of(index, quality)
+    assert repeated not in set(frame["image_id"]) and len(frame) == len(usable_twin) - 1
+    assert split_metrics(frame, quality, CLASSES)["images"]["excluded"] == (~quality["usable"]).sum()
+    meta = build_cache(index, quality, 32, tmp_path / "cache")
+    assert sorted(meta["image_id"]) == sorted(frame["image_id"])
+
+
+def test_a_repeated_usable_id_is_refused():
+    index = index_of([{"image_id": "a"}, {"image_id": "a"}, {"image_id": "b"}])
+    with pytest.raises(ValueError, match=r"repeats usable image ids \['a'\]"):
+        assign_groups(index, quality_of(index))
+
+
 def test_read_quality_parses_usable(tmp_path):
     path = tmp_path / "quality.csv"
     path.write_text("image_id,usable,reason,warnings,sha256,phash,dup_cluster,annotation_usable\n"
@@ -206,6 +230,33 @@ def test_tiny_twin_split_keeps_groups_and_duplicates_together(twin_case):
         assert crossing(frame, dup_keys(frame, quality)) == 0
         assert (frame["partition"] != "").sum() > 0.9 * len(frame)
         assert set(frame["partition"]) >= {"train", "val", "test"}
+        # 6 Malignant images in 4 groups: still in every partition (issue 9 item 9)
+        for name in ("train", "val", "test"):
+            assert set(frame.loc[frame["partition"] == name, "label"]) == set(CLASSES), (split, name)
+
+
+def rare_class_index(n_malignant: int) -> pd.DataFrame:
+    """60 Normal and 40 Benign one-view patients, and ``n_malignant`` Malignant ones."""
+    labels = ["Normal"] * 60 + ["Benign"] * 40 + ["Malignant"] * n_malignant
+    return index_of([{"image_id": f"IMG{k:06d}", "label": label, "center": "1", "age": str(k),
+                      "sex": "F", "view": "frontal"} for k, label in enumerate(labels)])
+
+
+def test_rare_class_is_warned_with_counts_and_kept_in_every_partition(caplog):
+    index = rare_class_index(4)
+    with caplog.at_level("WARNING", logger="assurexray.data.splits"):
+        frame = split_of(index, quality_of(index))
+    assert "Malignant have fewer patient groups than the 7 folds" in caplog.text
+    assert "Normal 60/60, Benign 40/40, Malignant 4/4" in caplog.text
+    for name in ("train", "val", "test"):
+        assert (frame.loc[frame["partition"] == name, "label"] == "Malignant").any(), name
+
+
+def test_partition_without_a_class_fails_with_the_counts():
+    index = rare_class_index(2)   # two groups cannot reach three partitions
+    with pytest.raises(SplitError, match=r"partition has no Malignant image.*Malignant 0/0.*"
+                                         r"in all usable images .*Malignant 2/2"):
+        split_of(index, quality_of(index))
 
 
 def test_leakage_metrics_detect_a_crossing(synthetic_case):
@@ -266,10 +317,26 @@ def test_center_split_withholds_train_images_duplicated_in_test():
     check_center(frame, quality, {"1"})
 
 
-@pytest.mark.parametrize("centers,empty", [((1, 2, 3), "test"), ((7,), "train")])
-def test_center_split_rejects_an_empty_partition(synthetic_case, centers, empty):
+def test_center_split_rejects_an_empty_test_partition(synthetic_case):
     index, quality = synthetic_case
-    with pytest.raises(SplitError, match=f"leave the {empty} partition empty"):
+    with pytest.raises(SplitError, match="leave the test partition empty"):
+        split_of(index, quality, "center", train_centers=(1, 2, 3))
+
+
+def test_center_split_accepts_named_centers(synthetic_case):
+    index, quality = synthetic_case
+    names = {"1": "siteA", "2": "Hospital B", "3": "3"}
+    named = index.assign(center=index["center"].map(names))
+    check_center(split_of(named, quality, "center", train_centers=["siteA"]), quality, {"siteA"})
+    check_center(split_of(named, quality, "center", train_centers=["siteA", 3]), quality,
+                 {"siteA", "3"})
+
+
+@pytest.mark.parametrize("centers", [(7,), ("siteA", 1)])
+def test_center_split_names_the_centers_that_exist(synthetic_case, centers):
+    index, quality = synthetic_case
+    wrong = [str(c) for c in centers if str(c) not in {"1", "2", "3"}]
+    with pytest.raises(SplitError, match=rf"\{wrong}.* match no center.*present: \['1', '2', '3'\]"):
         split_of(index, quality, "center", train_centers=centers)
 
 
@@ -297,6 +364,7 @@ def test_split_stage_writes_splits_and_metrics(synthetic_case, tmp_path):
     DatasetInfo("synthetic", CLASSES, "raw").save(tmp_path / "dataset.json")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["split"] = "center"
+    params["split_options"]["train_centers"] = ["1"]  # a center named as text
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(REPO / "stages" / "split.py"), "--params", "params.yaml",
            "--index", "index.csv", "--quality", "quality.csv", "--info", "dataset.json",

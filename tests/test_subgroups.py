@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy.special import softmax
 
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo, write_index
 from assurexray.evaluation.bootstrap import Predictions
+from assurexray.evaluation.operating_points import fit_operating_points
 from assurexray.evaluation.subgroups import (
     FACTORS,
     age_band_labels,
@@ -24,6 +26,7 @@ from assurexray.evaluation.subgroups import (
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Normal", "Benign", "Malignant"]
+TEMPERATURE = 1.6
 EDGES = [0, 18, 40, 65, 120]
 
 
@@ -140,6 +143,14 @@ def write_fake_project(root: Path, n_groups: int, views: int, iterations: int) -
     write_index(index, root / "data/index.csv")
     index[["image_id", "group"]].to_csv(root / "data/splits/groups.csv", index=False)
     DatasetInfo("synthetic", CLASSES, "data/raw").save(root / "data/dataset.json")
+    # what the calibrate stage writes: T and the thresholds fitted on calibrated val probs
+    logits = val[[f"logit_{c}" for c in CLASSES]].to_numpy()
+    y_val = val["true"].map(CLASSES.index).to_numpy()
+    fitted = fit_operating_points(y_val, softmax(logits / TEMPERATURE, axis=1), CLASSES, 0.9,
+                                  0.9, "youden", "calibrated")
+    (root / "metrics").mkdir()
+    (root / "metrics/calibration.json").write_text(json.dumps(
+        {"temperature": TEMPERATURE, "operating_points": fitted}))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["analysis"]["bootstrap_iterations"] = iterations
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -149,7 +160,8 @@ def run_stage(root: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "stages/analyze.py"), "--params", "params.yaml",
            "--predictions", "data/predictions", "--groups", "data/splits/groups.csv",
            "--index", "data/index.csv", "--info", "data/dataset.json",
-           "--metrics", "metrics/analysis.json", "--subgroups", "metrics/subgroups.csv",
+           "--calibration", "metrics/calibration.json", "--metrics", "metrics/analysis.json",
+           "--subgroups", "metrics/subgroups.csv",
            "--plots", "plots/analysis"]
     return subprocess.run(cmd, cwd=root, capture_output=True, text=True)
 
@@ -159,17 +171,35 @@ def test_analyze_stage_writes_stable_keys(tmp_path):
     proc = run_stage(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "metrics/analysis.json").read_text())
-    assert report["method"] == "grouped stratified percentile bootstrap"
+    assert report["method"].startswith("grouped stratified percentile bootstrap")
+    assert report["methods"]["accuracy"].startswith("Clopper-Pearson")
+    assert report["methods"]["macro_auc"] == "grouped stratified percentile bootstrap"
     assert report["iterations"] == 100 and report["test"]["n_images"] == 120
     assert report["test"]["n_groups"] == 60 and report["test"]["note"] is None
-    for key in ("macro_auc", "accuracy", "balanced_accuracy"):
+    for key in ("macro_auc", "balanced_accuracy"):
         assert set(report["test"][key]) == {"value", "ci_low", "ci_high", "valid_resamples"}
+    proportion = {"value", "ci_low", "ci_high", "count", "n", "n_groups", "n_effective"}
+    assert set(report["test"]["accuracy"]) == proportion and report["test"]["accuracy"]["n"] == 120
     for key in ("auc", "sensitivity", "specificity"):
         assert list(report["test"][key]) == CLASSES
+    assert set(report["test"]["sensitivity"]["Malignant"]) == proportion
+    calibration = json.loads((tmp_path / "metrics/calibration.json").read_text())
+    test = pd.read_csv(tmp_path / "data/predictions/test.csv")
+    malignant = test["true"] == "Malignant"
     for task in ("malignant_vs_rest", "tumour_vs_normal"):
         points = report["operating_points"][task]
-        assert set(points) == {"score", "youden", "sensitivity_target", "specificity_target"}
+        assert set(points) == {"score", "positive", "score_class", "complement", "scale",
+                               "decision", "youden", "sensitivity_target", "specificity_target"}
+        assert points["scale"] == "calibrated"
         assert set(points["youden"]["test"]) == {"sensitivity", "specificity", "ppv", "npv"}
+        assert points["youden"]["threshold"] == calibration["operating_points"][task]["youden"][
+            "threshold"]
+    # the shipped threshold is applied to the calibrated test probabilities
+    youden = report["operating_points"]["malignant_vs_rest"]["youden"]
+    score = softmax(test[[f"logit_{c}" for c in CLASSES]].to_numpy() / TEMPERATURE, axis=1)[:, 2]
+    called = score >= youden["threshold"]
+    assert youden["test"]["sensitivity"]["count"] == (called & malignant).sum()
+    assert youden["test"]["sensitivity"]["n"] == malignant.sum()
     assert set(report["subgroups"]) == {"min_subgroup_size", *FACTORS}
     table = pd.read_csv(tmp_path / "metrics/subgroups.csv")
     assert (table.groupby("factor")["n_images"].sum() == 120).all()
@@ -180,4 +210,4 @@ def test_analyze_stage_writes_stable_keys(tmp_path):
     (tmp_path / "data/dataset.json").write_text(json.dumps(
         {"source": "x", "classes": ["Normal", "Tumour"], "root": "data/raw"}))
     proc = run_stage(tmp_path)
-    assert proc.returncode != 0 and "Tumour" in proc.stderr and "val.csv" in proc.stderr
+    assert proc.returncode != 0 and "Tumour" in proc.stderr and "test.csv" in proc.stderr

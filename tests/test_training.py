@@ -67,6 +67,7 @@ def test_inverse_frequency_weights_balance_the_classes():
     assert float((weights * torch.tensor(counts)).sum() / sum(counts)) == pytest.approx(1.0)
     assert torch.equal(build_loss("weighted_ce", counts).weight, weights)
     assert build_loss("ce", counts).weight is None
+    assert build_loss("focal", counts, 0.5).gamma == 0.5
     with pytest.raises(ValueError, match=r"classes \[1\]"):
         build_loss("weighted_ce", [5, 0, 3])
     with pytest.raises(ValueError, match="unknown loss"):
@@ -189,11 +190,11 @@ def test_run_logs_metrics_and_is_reproducible(tiny_cache, tmp_path, reference):
     model, meta, out = reference
     metrics = json.loads((out / "live" / "metrics.json").read_text())
     assert {"train_loss", "val_loss", "val_macro_auc", "val_accuracy", "lr"} <= set(metrics)
-    assert metrics["step"] == 1 and metrics["best_epoch"] == meta["epoch"]
+    assert metrics["step"] == 1 and metrics["best_epoch"] == meta.epoch
     assert len((out / "live/plots/metrics/val_macro_auc.tsv").read_text().splitlines()) == 3
     saved = torch.load(out / "last" / "last.pt", weights_only=True)
     assert saved["state"]["finished"] and len(saved["state"]["history"]) == 2
-    assert meta["best_val_macro_auc"] == max(r["val_macro_auc"] for r in saved["state"]["history"])
+    assert meta.best_val_macro_auc == max(r["val_macro_auc"] for r in saved["state"]["history"])
     again, _, _ = run(tiny_cache, tmp_path, "b")
     assert same_weights(model, again)
 
@@ -227,3 +228,17 @@ def test_resume_state_from_another_or_a_finished_run_is_ignored(reference, caplo
         assert training._read_resume(path, "another run") is None
         assert training._read_resume(path, fingerprint) is None
     assert "different params" in caplog.text and "had finished" in caplog.text
+
+
+def test_undefined_val_auc_falls_back_to_val_loss(tiny_cache, tmp_path, caplog):
+    # issue 9 item 10: a validation set with one class has no AUC; selection must not freeze
+    val = SplitData([f"img{r:03d}" for r in (18, 21, 24, 27)], np.zeros(4, int))
+    with caplog.at_level(logging.WARNING, logger="assurexray.training.loop"):
+        _, meta = train_classifier(PARAMS, tiny_cache, CLASSES, split(TRAIN), val,
+                                   tmp_path / "last", tmp_path / "live")
+    assert "selecting the model on validation loss" in caplog.text
+    history = torch.load(tmp_path / "last" / "last.pt", weights_only=True)["state"]["history"]
+    losses = [r["val_loss"] for r in history]
+    assert meta["epoch"] == int(np.argmin(losses)) and np.isnan(meta["best_val_macro_auc"])
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["selection_metric"] == "val_loss" and summary["best_epoch"] == meta["epoch"]

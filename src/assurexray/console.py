@@ -32,4 +32,5 @@ def run_main(main: Callable[[], int | None]) -> None:
     except AssureXRayError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
-    sys.exit(code or 0)
+    if code:  # a clean return leaves the interpreter to exit 0 (tests run stages in-process)
+        sys.exit(code)

@@ -55,6 +55,9 @@ class DataParams:
     btxrd: BtxrdParams = field(default_factory=BtxrdParams)
     btxrd_dir: BtxrdDirParams = field(default_factory=BtxrdDirParams)
     manifest: ManifestParams = field(default_factory=ManifestParams)
+    # The folder (or file) holding the user's data: a DVC dependency of prepare, audit and
+    # preprocess (dvc.yaml interpolates it), so an edited label or image reruns them.
+    tracked_path: str = "data/external"
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class AuditParams:
 @dataclass(frozen=True)
 class SplitOptions:
     fractions: list[float] = field(default_factory=lambda: [0.70, 0.15, 0.15])
-    train_centers: list[int] = field(default_factory=lambda: [1])
+    # centers as the index names them: site names or numbers (BTXRD numbers its centers)
+    train_centers: list[int | str] = field(default_factory=lambda: [1])
     center_val_fraction: float = 0.15
 
 
@@ -113,6 +117,8 @@ class ExplainParams:
     cam_threshold: float = 0.5
     road_percentiles: list[int] = field(default_factory=lambda: [20, 40, 60, 80])
     road_images: int = 24
+    road_bootstrap: int = 1000
+    layer_images: int = 48
     batch_size: int = 16
 
 
@@ -123,6 +129,8 @@ class AnalysisParams:
     calibration_bins: int = 15
     sensitivity_target: float = 0.90
     specificity_target: float = 0.90
+    # The operating point `predict` decides with (stored in models/calibrated.pt).
+    decision_point: Literal["youden", "sensitivity_target", "specificity_target"] = "youden"
     age_bands: list[int] = field(default_factory=lambda: [0, 18, 40, 65, 120])
     min_subgroup_size: int = 20
 
@@ -242,7 +250,16 @@ def _coerce(tp, value, key: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        errors = []
+        for option in inner:
+            try:
+                return _coerce(option, value, key)
+            except ParamsError as exc:
+                errors.append(exc)
+        if len(inner) == 1:
+            raise errors[0]
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ParamsError(f"'{key}' must be {names}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
         if value not in args:
             raise ParamsError(f"'{key}' must be one of {list(args)}, got {value!r}")

@@ -1,18 +1,22 @@
 """Classify radiographs with a trained checkpoint (research use only, not for clinical use).
 
 Each image goes through exactly the evaluation pipeline, read from the checkpoint's meta:
-``imageio.read_image`` -> ``cache.letterbox(cache_size)`` -> ``transforms.eval_transform``
+``cache.letterboxed_file(cache_size)`` (the preprocess stage's reader) -> ``transforms.eval_transform``
 (image_size, mean, std), then ``evaluation.predict_logits``. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
-temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
-with --gradcam, the path of a Grad-CAM overlay of the predicted class. With --anomaly-checkpoint
-(an autoencoder from the anomaly_train stage) each record also gets ``anomaly``: its scores (the
-primary one as ``score``) and, with --out, the path of its anomaly-map overlay. An unreadable file gets
-``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
+temperature-calibrated ones when the checkpoint has a temperature), with ``models/calibrated.pt``
+the decision of each binary task (malignant vs rest, tumour vs normal) at its shipped operating
+point (threshold on the calibrated scale, with its validation sensitivity and specificity), the
+checkpoint identity and, with --gradcam, the path of a Grad-CAM overlay of the predicted class.
+With --anomaly-checkpoint (an autoencoder from the anomaly_train stage) each record also gets
+``anomaly``: its scores (the primary one as ``score``) and, with --out, the path of its
+anomaly-map overlay.
+An unreadable file gets ``{"file", "error"}`` and the others go on; the exit code is 1 when any
+input failed.
 
-Folders are walked recursively in sorted order, taking files with an image suffix
-(.jpg .jpeg .png .dcm .dicom, any case); other files there are listed in a warning. A file
-named explicitly is always tried, whatever its suffix.
+Folders are walked recursively in sorted order, taking files with one of the reader's image
+suffixes (``imageio.IMAGE_SUFFIXES``, any case: the same set ingest accepts); other files there
+are listed in a warning. A file named explicitly is always tried, whatever its suffix.
 """
 from __future__ import annotations
 
@@ -35,17 +39,16 @@ from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.anomaly.checkpoint import load_autoencoder
 from assurexray.anomaly.scoring import score_letterboxed
 from assurexray.console import progress
-from assurexray.data.cache import letterbox
-from assurexray.data.imageio import ImageReadError, read_image
+from assurexray.data.cache import letterboxed_file
+from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.data.transforms import eval_transform
+from assurexray.evaluation.operating_points import decide
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.runner import predict_logits
-from assurexray.training.checkpoint import CheckpointError, load_checkpoint
+from assurexray.training.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from assurexray.training.models import default_device
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,21 +106,21 @@ def run(args: argparse.Namespace) -> int:
 class Predictor:
     """A loaded checkpoint and its preprocessing, classifying files batch by batch."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict, checkpoint_path: Path,
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, checkpoint_path: Path,
                  batch_size: int, workers: int = 1):
         self.model, self.meta = model, meta
-        self.classes = list(meta["classes"])
-        self.transform = eval_transform(meta["image_size"], meta["mean"], meta["std"])
+        self.classes = list(meta.classes)
+        self.transform = eval_transform(meta.image_size, meta.mean, meta.std)
         self.batch_size, self.workers = batch_size, max(1, workers)
         self.device = next(model.parameters()).device
-        self.identity = {"path": str(checkpoint_path), "backbone": meta["backbone"],
-                         "git_rev": meta["git_rev"], "split": meta["split"]}
+        self.identity = {"path": str(checkpoint_path), "backbone": meta.backbone,
+                         "git_rev": meta.git_rev, "split": meta.split}
         self.anomaly = None  # (autoencoder, its meta, its path, map folder or None)
 
     def load(self, path: Path) -> tuple[torch.Tensor, np.ndarray] | str:
         """(model input, letterboxed image), or the reason the file cannot be read."""
         try:
-            boxed, *_ = letterbox(read_image(path), self.meta["cache_size"])
+            boxed, *_ = letterboxed_file(path, self.meta.cache_size)
         except ImageReadError as exc:
             return exc.reason
         return self.transform(image=boxed)["image"], boxed
@@ -177,9 +180,13 @@ class Predictor:
         probs = softmax(logits.astype(np.float64))
         record = {"file": str(path), "pred": self.classes[int(np.argmax(logits))],
                   "probs": dict(zip(self.classes, map(float, probs)))}
-        if self.meta.get("temperature") is not None:
-            calibrated = softmax(logits.astype(np.float64) / self.meta["temperature"])
+        if self.meta.temperature is not None:
+            calibrated = softmax(logits.astype(np.float64) / self.meta.temperature)
             record["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
+            # calibrate fits the thresholds on this (calibrated) scale and stores them beside T
+            if self.meta.get("operating_points"):
+                record["decisions"] = decide(self.meta["operating_points"], calibrated,
+                                             self.classes)
         record["checkpoint"] = self.identity
         return record
 
@@ -189,7 +196,7 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
     files, empty = [], []
     for path in inputs:
         if not path.is_dir():
-            files.append(path)   # a missing or odd file fails in read_image, with its reason
+            files.append(path)   # a missing or odd file fails in the reader, with its reason
             continue
         found = sorted(p for p in path.rglob("*") if p.is_file())
         images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]

@@ -4,8 +4,9 @@ Scores of the validation and test images are a table (``image_id, label, group, 
 one column per score). On test: AUCs with the grouped stratified bootstrap interval, per abnormal
 class (against the normals) and per center, all from the same resample weights; thresholds are
 chosen on validation (Youden, sensitivity and specificity targets, as the classifier's operating
-points) and only applied to test. The anomaly maps of annotated test images are scored with the
-explain stage's localization code, so they sit in one table with Grad-CAM.
+points) and only applied to test, where their rates get the classifier's grouped intervals.
+The anomaly maps of annotated test images are scored with the explain stage's localization
+code, so they sit in one table with Grad-CAM.
 """
 from __future__ import annotations
 
@@ -13,13 +14,11 @@ import numpy as np
 import pandas as pd
 
 from assurexray.anomaly.scoring import SCORES
-from assurexray.evaluation.bootstrap import Predictions, bootstrap_weights, summarize
-from assurexray.evaluation.metrics import weighted_auc
-from assurexray.evaluation.operating_points import BinaryTask, evaluate_task
+from assurexray.evaluation.bootstrap import bootstrap_weights, summarize
+from assurexray.evaluation.metrics import binary_rates, weighted_auc
+from assurexray.evaluation.operating_points import RATES, choose_thresholds, rates_with_intervals
 from assurexray.explain.localization import grouped_summary, model_frame_annotations, score_cam
 from assurexray.params import AnalysisParams
-
-ABNORMAL = BinaryTask((1,), 0, False, "anomaly score")
 
 
 def score_table(image_ids, labels: np.ndarray, classes: list[str], groups: pd.Series,
@@ -48,10 +47,25 @@ def auc_interval(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray,
             "n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
 
 
-def _predictions(frame: pd.DataFrame, normal: str, score: str) -> Predictions:
-    positive = (frame["label"] != normal).to_numpy(int)
-    return Predictions(frame["image_id"].to_numpy(), positive, positive,
-                       frame[[score]].to_numpy(float), frame["group"].to_numpy())
+def operating_points(val: pd.DataFrame, test: pd.DataFrame, normal: str, score: str,
+                     analysis: AnalysisParams) -> dict:
+    """Thresholds on the validation scores (the classifier's choices), their validation rates,
+    and their test rates with the project's grouped intervals."""
+    val_pos, test_pos = (val["label"] != normal).to_numpy(), (test["label"] != normal).to_numpy()
+    val_s, test_s = val[score].to_numpy(float), test[score].to_numpy(float)
+    out = {"score": score}
+    for key, choice in choose_thresholds(val_pos, val_s, analysis.sensitivity_target,
+                                         analysis.specificity_target).items():
+        threshold = choice["threshold"]
+        if threshold is None:
+            out[key] = {**choice, "val": None, "test": None}
+            continue
+        rates = binary_rates(val_pos, val_s >= threshold)
+        out[key] = {**choice,
+                    "val": {r: float(rates[r]) if np.isfinite(rates[r]) else None for r in RATES},
+                    "test": rates_with_intervals(test_pos, test_s >= threshold,
+                                                 test["group"].to_numpy(), analysis.ci_level)}
+    return out
 
 
 def evaluate_scores(val: pd.DataFrame, test: pd.DataFrame, normal: str, primary: str,
@@ -71,9 +85,7 @@ def evaluate_scores(val: pd.DataFrame, test: pd.DataFrame, normal: str, primary:
         c: auc_interval(positive[keep], scores[keep], weights[:, keep], ci)
         for c in sorted(set(test["center"]))
         for keep in [(test["center"] == c).to_numpy()]}
-    out["operating_points"] = evaluate_task(
-        ABNORMAL, _predictions(val, normal, primary), _predictions(test, normal, primary),
-        weights, analysis.sensitivity_target, analysis.specificity_target, ci)
+    out["operating_points"] = operating_points(val, test, normal, primary, analysis)
     return out
 
 

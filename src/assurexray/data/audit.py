@@ -16,20 +16,16 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
-import scipy.fft
-from matplotlib.figure import Figure
 
-from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
 from assurexray.data import btxrd, imageio
+from assurexray.data.duplicates import cluster_ids, duplicate_pairs, phash
 from assurexray.data.schema import QUALITY_COLUMNS, DatasetInfo
 from assurexray.params import AuditParams
 
@@ -79,36 +75,12 @@ INGEST_ISSUE_KINDS = (
 )
 
 BOUNDS_TOLERANCE_PX = 1.0  # LabelMe points drawn on the image edge land a fraction outside
-HASH_BLOCK = 1024  # rows per block of the pairwise Hamming distance matrix
 ANNOTATION_USABLE = "annotation_usable"  # quality.csv column: localization may use the annotation
 
 
 def kind_of(message: str) -> str:
     """The kind of a '<kind>: <detail>' reason or warning."""
     return message.split(":", 1)[0]
-
-
-# --------------------------------------------------------------------------- hashing
-
-def phash(img: np.ndarray) -> int:
-    """64-bit perceptual hash: DCT of a 32x32 area-downscale, the 8x8 lowest frequencies
-    thresholded at their median (bit 63 = coefficient (0, 0), row-major)."""
-    small = cv2.resize(img.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = scipy.fft.dctn(small, type=2, norm="ortho")[:8, :8]
-    bits = np.packbits(low.ravel() > np.median(low))
-    return int.from_bytes(bits.tobytes(), "big")
-
-
-def near_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for every i < j whose hashes differ in at most ``max_distance`` bits."""
-    h = np.array(hashes, dtype=np.uint64)
-    pairs = []
-    for start in range(0, len(h), HASH_BLOCK):
-        dist = np.bitwise_count(h[start:start + HASH_BLOCK, None] ^ h[None, :])
-        rows, cols = np.nonzero(dist <= max_distance)
-        keep = cols > rows + start
-        pairs += [(int(r + start), int(c), int(dist[r, c])) for r, c in zip(rows[keep], cols[keep])]
-    return sorted(pairs)
 
 
 def jpeg_truncated(data: bytes) -> bool:
@@ -254,46 +226,6 @@ def coverage_findings(label: str, has_annotation: bool, normal: str | None,
     return []
 
 
-# --------------------------------------------------------------------------- duplicates
-
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
-def duplicate_pairs(scans: list[Scan], max_distance: int) -> pd.DataFrame:
-    """Pairs of decodable images (row positions a < b) with the same bytes or close pHashes."""
-    rows = [i for i, s in enumerate(scans) if s.phash is not None]
-    pairs = [(rows[i], rows[j], d, scans[rows[i]].sha256 == scans[rows[j]].sha256)
-             for i, j, d in near_pairs([scans[r].phash for r in rows], max_distance)]
-    return pd.DataFrame(pairs, columns=["a", "b", "distance", "exact"])
-
-
-def cluster_ids(n: int, pairs: pd.DataFrame) -> list[str]:
-    """'dup001', ... per connected group of >= 2 rows, numbered by first member; '' if unique."""
-    uf = UnionFind(n)
-    for a, b in zip(pairs["a"], pairs["b"]):
-        uf.union(int(a), int(b))
-    roots = [uf.find(i) for i in range(n)]
-    sizes = Counter(roots)
-    names: dict[int, str] = {}
-    for root in roots:
-        if sizes[root] > 1 and root not in names:
-            names[root] = f"dup{len(names) + 1:03d}"
-    return [names.get(r, "") for r in roots]
-
-
 # --------------------------------------------------------------------------- the audit
 
 @dataclass
@@ -433,179 +365,3 @@ def annotation_coverage(result: AuditResult) -> list[dict]:
         out.append({"class": c, "images": len(rows), "annotated": int((rows["annotation"] != "").sum()),
                     "usable_annotation": good, "coverage": round(good / len(rows), 4) if len(rows) else 0.0})
     return out
-
-
-# --------------------------------------------------------------------------- plots
-
-def write_plots(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
-    """DVC plot data (JSON) and PNG figures; returns the figures by name."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    usable = result.table[result.table["usable"]]
-    data = {
-        "class_by_center": [{"class": r["label"], "center": r["center"] or "unknown"}
-                            for r in usable.to_dict("records")],
-        "image_sizes": [{"image_id": r["image_id"], "class": r["label"], "width": r["decoded_width"],
-                         "height": r["decoded_height"]} for r in usable.to_dict("records")],
-        "views": [{"view": k, "count": n} for k, n in value_counts(usable["view"]).items()],
-        "sites": [{"site": k, "count": n} for k, n in value_counts(usable["sites"]).items()],
-        "annotation_coverage": annotation_coverage(result),
-    }
-    for name, records in data.items():
-        (out_dir / f"{name}.json").write_text(json.dumps(records, indent=1) + "\n")
-    return {name: _save(fig, out_dir / f"{name}.png") for name, fig in _figures(result, data).items()}
-
-
-def value_counts(column: pd.Series) -> dict[str, int]:
-    """Counts of ';'-joined values ('' counted as '(none)'), most frequent first."""
-    counts = Counter(v for cell in column for v in (cell.split(";") if cell else ["(none)"]))
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def _figures(result: AuditResult, data: dict) -> dict[str, Figure]:
-    table = class_by_center(result.table[result.table["usable"]], result.info.classes)
-    centers = sorted({ctr for row in table.values() for ctr in row})
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    width = 0.8 / max(len(centers), 1)
-    for k, ctr in enumerate(centers):
-        ax.bar(np.arange(len(table)) + k * width, [table[c][ctr] for c in table], width,
-               label=f"center {ctr}")
-    ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, list(table))
-    ax.set(ylabel="usable images", title="Class x center")
-    ax.legend()
-    figs = {"class_by_center": fig}
-
-    fig = Figure(figsize=(5, 4))
-    ax = fig.subplots()
-    sizes = pd.DataFrame(data["image_sizes"], columns=["class", "width", "height"])
-    for c in result.info.classes:
-        rows = sizes[sizes["class"] == c]
-        ax.scatter(rows["width"], rows["height"], s=6, alpha=0.6, label=c)
-    ax.set(xlabel="width (px)", ylabel="height (px)", title="Decoded image sizes (usable)")
-    ax.legend()
-    figs["image_sizes"] = fig
-
-    fig = Figure(figsize=(9, 3.5))
-    for ax, key in zip(fig.subplots(1, 2), ("views", "sites")):
-        names = [r[key[:-1]] for r in data[key]]
-        ax.barh(names[::-1], [r["count"] for r in data[key]][::-1])
-        ax.set(xlabel="usable images", title=key.capitalize())
-    figs["views_sites"] = fig
-
-    fig = Figure(figsize=(5, 3))
-    ax = fig.subplots()
-    cov = data["annotation_coverage"]
-    ax.bar([r["class"] for r in cov], [r["coverage"] for r in cov])
-    ax.set(ylim=(0, 1), ylabel="fraction with usable annotation", title="Annotation coverage")
-    figs["annotation_coverage"] = fig
-    return figs
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same bytes per run
-    return path
-
-
-# --------------------------------------------------------------------------- report
-
-MAX_LISTED_NOTES = 100  # longer note lists are summarised by reason; the CSV has them all
-
-
-def render_report(result: AuditResult, figures: dict[str, Path], report_path: str | Path) -> str:
-    """docs/data_audit.md: reconciliation, distributions, duplicates, exclusions, warnings."""
-    m, t = result.metrics, result.table
-    here = Path(report_path).parent
-
-    def figure(name: str) -> str:
-        return f"![{name}]({Path(os.path.relpath(figures[name], here)).as_posix()})\n" if name in figures else ""
-
-    lines = [
-        "<!-- Generated by stages/audit.py (dvc repro audit). Do not edit by hand: it is overwritten. -->",
-        "# Data audit", "",
-        "Generated by `stages/audit.py` from the prepared index; never edit by hand.", "",
-        f"> {NOT_FOR_CLINICAL_USE}", "",
-        f"Source: `{result.info.source}` ({result.info.root}); classes: {', '.join(result.info.classes)}.", "",
-    ]
-    if result.info.source == "synthetic":
-        lines += ["> These figures come from the **synthetic twin** (generated images with planted "
-                  "defects), not from the real BTXRD dataset.", ""]
-    lines += _reconciliation(result)
-    lines += ["## Class x center (usable images)", "",
-              *_md_table(["class", *_centers(m)], [[c, *row.values()] for c, row in m["class_by_center"].items()]),
-              "", figure("class_by_center")]
-    lines += _sizes(t[t["usable"]]) + ["", figure("image_sizes")]
-    lines += ["## Views and sites (usable images)", ""]
-    for key in ("view", "sites"):
-        lines += [*_md_table([key, "images"], list(value_counts(t.loc[t["usable"], key]).items())), ""]
-    lines += [figure("views_sites"), "## Annotation coverage (usable images)", "",
-              "An annotation is usable for localization when its image is usable and no annotation "
-              "warning applies.", "",
-              *_md_table(["class", "images", "annotated", "usable annotation", "coverage"],
-                         [list(r.values()) for r in annotation_coverage(result)]),
-              "", figure("annotation_coverage")]
-    lines += _duplicates(result)
-    bad = t[~t["usable"]]
-    lines += ["## Exclusions", "", f"{len(bad)} image(s) excluded.", "",
-              *_md_table(["image_id", "file", "reason"], bad[["image_id", "file", "reason"]].values), ""]
-    warned = t[t["warnings"] != ""]
-    lines += ["## Warnings", "", f"{len(warned)} image(s) with warnings (kept; an annotation warning "
-              "means the annotation is not used for localization).", "",
-              *_md_table(["kind", "images"], [[k, n] for k, n in m["warnings_by_kind"].items()]), "",
-              *_md_table(["image_id", "file", "usable", "warnings"],
-                         warned[["image_id", "file", "usable", "warnings"]].values), ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _reconciliation(result: AuditResult) -> list[str]:
-    m, notes = result.metrics, result.notes
-    by_note = m["notes"]["by_reason"]
-    lines = ["## Reconciliation", "",
-             f"Images in the index: **{m['images_in']}** = usable **{m['usable']}** + excluded "
-             f"**{m['excluded']}**.", "",
-             "Exclusions by first reason (each excluded image counted once):", "",
-             *_md_table(["reason", "images"], [[k, n] for k, n in m["excluded_by_reason"].items()]), "",
-             f"Ingest notes (files found but not indexed as images): **{m['notes']['total']}**"
-             + (" = " + " + ".join(f"{n} {k}" for k, n in by_note.items()) if by_note else "") + ".", ""]
-    if len(notes):
-        lines += _md_table(["path", "reason"], notes[["path", "reason"]].values[:MAX_LISTED_NOTES])
-        if len(notes) > MAX_LISTED_NOTES:
-            lines.append(f"\n... and {len(notes) - MAX_LISTED_NOTES} more (see the ingest notes CSV).")
-        lines.append("")
-    return lines
-
-
-def _centers(metrics: dict) -> list[str]:
-    return [f"center {c}" for c in next(iter(metrics["class_by_center"].values()), {})]
-
-
-def _sizes(usable: pd.DataFrame) -> list[str]:
-    rows = [[axis, *(int(f(usable[f"decoded_{axis}"])) if len(usable) else "-" for f in (np.min, np.median, np.max))]
-            for axis in ("width", "height")]
-    return ["## Image sizes (usable images, decoded, px)", "",
-            *_md_table(["", "min", "median", "max"], rows)]
-
-
-def _duplicates(result: AuditResult) -> list[str]:
-    m, t, pairs = result.metrics, result.table, result.pairs
-    lines = ["## Duplicates", "",
-             f"Exact duplicates (same SHA-256): **{m['exact_duplicate_pairs']}** pair(s); near duplicates "
-             f"(pHash Hamming distance <= threshold, different bytes): **{m['near_duplicate_pairs']}** "
-             f"pair(s); **{m['duplicate_clusters']}** cluster(s) holding {m['images_in_duplicate_clusters']} "
-             "image(s). Duplicates are kept; the split keeps each cluster in one partition.", ""]
-    if len(pairs):
-        ids = t["image_id"]
-        lines += _md_table(["cluster", "image a", "image b", "labels", "kind", "Hamming distance"], [
-            [t.at[a, "dup_cluster"], ids[a], ids[b], f"{t.at[a, 'label']} / {t.at[b, 'label']}",
-             "exact" if exact else "near", d] for a, b, d, exact in pairs.itertuples(index=False)])
-        lines.append("")
-    return lines
-
-
-def _md_table(header: list, rows) -> list[str]:
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-    out = ["| " + " | ".join(map(cell, header)) + " |", "|" + " --- |" * len(header)]
-    out += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return out if len(out) > 2 else out + ["| " + " | ".join(["(none)"] + [""] * (len(header) - 1)) + " |"]

@@ -47,8 +47,8 @@ CLASSES = ["Normal", "Benign", "Malignant"]
 METADATA_NAME = "dataset.xlsx"
 IMAGES_DIR = "images"
 ANNOTATIONS_DIR = "Annotations"
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"}
 NOTE_COLUMNS = ["path", "reason"]
+LABELME_VERSION = "5.4.1"  # the release's annotation files
 
 
 class MetadataError(AssureXRayError, ValueError):
@@ -217,7 +217,7 @@ def ingest_btxrd_dir(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     meta = read_metadata(meta_path)
     notes: dict[Path, str] = {}
     wanted = {_text(v) for v in meta["image_id"]}
-    images = _files_by_stem(root / IMAGES_DIR, IMAGE_SUFFIXES, wanted, notes)
+    images = _files_by_stem(root / IMAGES_DIR, imageio.IMAGE_SUFFIXES, wanted, notes)
     annotations = _files_by_stem(root / ANNOTATIONS_DIR, {".json"}, wanted, notes)
     rows = [_metadata_entry(row, images, annotations) for _, row in meta.iterrows()]
     _flag_repeated_ids(rows)
@@ -362,3 +362,21 @@ def _image_size(file: str) -> tuple[int, int]:
         return imageio.image_size(file)
     except imageio.ImageReadError:
         return -1, -1
+
+
+def labelme_text(image_name: str, width: int | None, height: int | None, lesions: list,
+                 reversed_corners: bool = False) -> str:
+    """A LabelMe 5.x file as the release stores it: rectangles then polygons, indent 2, CRLF.
+
+    ``lesions`` are (label, box [x0, y0, x1, y1], polygon) triples; the one writer of the
+    project (the twin and manifest boxes both use it).
+    """
+    def shape(label, points, kind):
+        return {"label": label, "points": [[float(x), float(y)] for x, y in points], "group_id": None,
+                "description": "", "shape_type": kind, "flags": {}, "mask": None}
+    rects = [shape(label, [box[2:], box[:2]] if reversed_corners else [box[:2], box[2:]], "rectangle")
+             for label, box, _ in lesions]
+    polys = [shape(label, poly, "polygon") for label, _, poly in lesions]
+    doc = {"version": LABELME_VERSION, "flags": {}, "shapes": rects + polys, "imagePath": image_name,
+           "imageData": None, "imageHeight": height, "imageWidth": width}
+    return json.dumps(doc, indent=2, ensure_ascii=False).replace("\n", "\r\n")

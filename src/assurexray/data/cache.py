@@ -5,6 +5,11 @@ coordinates with the origin at the top-left CORNER of the top-left pixel, so pix
 covers [i, i+1) x [j, j+1) and its centre is (i + 0.5, j + 0.5). LabelMe uses the same frame.
 In it, OpenCV's resize (which maps pixel centres by (x + 0.5) * s - 0.5) is exactly x * s,
 so a point maps into the letterboxed frame by x' = x * scale + pad_x (same for y).
+
+Files become cache pixels through ``letterboxed_file`` alone, used by ``build_cache`` and by
+``predict``: a reduced JPEG decode (``imageio.read_image_reduced``), letterboxed with the
+geometry of the full image. Its reduced field of view ends at most s - 1 original pixels short
+of the full one (scale 1/s), which moves the far edge by less than one cache pixel.
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ import pandas as pd
 
 from assurexray.console import progress
 from assurexray.data import btxrd
-from assurexray.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from assurexray.data.schema import usable_index
+from assurexray.data.imageio import DEFAULT_MAX_PIXELS, ImageReadError, read_image_reduced
+from assurexray.data.schema import quality_by_id, usable_index
 from assurexray.errors import AssureXRayError
 
 log = logging.getLogger(__name__)
@@ -37,21 +42,25 @@ class CacheError(AssureXRayError, RuntimeError):
     """An image could not be cached, or a cache folder is incomplete; the message says which."""
 
 
-def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
+def letterbox(img: np.ndarray, size: int,
+              full_size: tuple[int, int] | None = None) -> tuple[np.ndarray, float, int, int]:
     """Resize keeping aspect ratio so the longer side is ``size``, centred on a zero square.
 
-    Returns (out, scale, pad_x, pad_y): a point (x, y) of ``img`` lands at
+    Returns (out, scale, pad_x, pad_y): a point (x, y) of the image lands at
     (x * scale + pad_x, y * scale + pad_y). ``scale`` is exact for the longer side; the shorter
     side is rounded to whole pixels, which moves its far edge by at most half a pixel.
+    ``full_size`` (width, height): ``img`` is a reduced decode of an image of that size; the
+    geometry then refers to the full image.
     """
     if img.ndim != 2 or img.dtype != np.uint8 or 0 in img.shape:
         raise ValueError(f"letterbox expects a non-empty (H, W) uint8 image, got "
                          f"{img.shape} {img.dtype}")
     h, w = img.shape
-    scale = size / max(h, w)
-    new_w, new_h = _resized(w, h, scale)
+    width, height = full_size or (w, h)
+    scale = size / max(width, height)
+    new_w, new_h = _resized(width, height, scale)
     if (new_w, new_h) != (w, h):
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        interpolation = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
         img = cv2.resize(img, (new_w, new_h), interpolation=interpolation)
     pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
     out = np.zeros((size, size), dtype=np.uint8)
@@ -67,10 +76,17 @@ def content_box(width: int, height: int, scale: float, pad_x: int,
                 pad_y: int) -> tuple[int, int, int, int]:
     """Pixels (x0, y0, x1, y1), half-open, that hold the image in its letterboxed frame.
 
-    Arguments as in a meta.csv row; the padding is everything outside this box.
+    Arguments as in a meta.csv row; the padding is everything outside this box. The one
+    implementation: robustness corrupts, and localization and ROAD score, inside it.
     """
-    new_w, new_h = _resized(width, height, scale)
-    return pad_x, pad_y, pad_x + new_w, pad_y + new_h
+    new_w, new_h = _resized(int(width), int(height), float(scale))
+    return int(pad_x), int(pad_y), int(pad_x) + new_w, int(pad_y) + new_h
+
+
+def content_boxes(meta: pd.DataFrame) -> np.ndarray:
+    """(n, 4) int ``content_box`` of every row of a meta.csv frame, in row order."""
+    rows = meta[["width", "height", "scale", "pad_x", "pad_y"]].itertuples(index=False)
+    return np.array([content_box(*row) for row in rows], dtype=int).reshape(-1, 4)
 
 
 def map_points(points, scale: float, pad_x: int, pad_y: int) -> np.ndarray:
@@ -78,16 +94,22 @@ def map_points(points, scale: float, pad_x: int, pad_y: int) -> np.ndarray:
     return np.asarray(points, dtype=float).reshape(-1, 2) * scale + (pad_x, pad_y)
 
 
+def letterboxed_file(path: str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                     ) -> tuple[np.ndarray, float, int, int, int, int]:
+    """(out, scale, pad_x, pad_y, width, height): the image file as cache pixels, with the
+    geometry of ``letterbox`` and the full image's size; raises ImageReadError."""
+    img, (width, height) = read_image_reduced(path, size, max_pixels)
+    return *letterbox(img, size, (width, height)), width, height
+
+
 def _decode(item: tuple[str, str], size: int,
             max_pixels: int) -> tuple[np.ndarray, float, int, int, int, int]:
     image_id, path = item
     try:
-        img = read_image(path, max_pixels)
+        return letterboxed_file(path, size, max_pixels)
     except ImageReadError as exc:
         raise CacheError(f"{path} ({image_id}): {exc.reason}; the audit should have excluded "
                          "it: rerun the audit stage") from None
-    out, scale, pad_x, pad_y = letterbox(img, size)
-    return out, scale, pad_x, pad_y, img.shape[1], img.shape[0]
 
 
 def build_cache(index: pd.DataFrame, quality: pd.DataFrame, size: int, out_dir: str | Path,
@@ -140,7 +162,7 @@ def _decoded(items: list[tuple[str, str]], decode, workers: int):
 
 def _annotation_usable(rows: pd.DataFrame, quality: pd.DataFrame) -> np.ndarray:
     """Per row: may localization use its annotation (the audit's verdict)?"""
-    return rows["image_id"].map(quality.set_index("image_id")["annotation_usable"]).to_numpy(bool)
+    return rows["image_id"].map(quality_by_id(quality)["annotation_usable"]).to_numpy(bool)
 
 
 def cached_lesions(rows: pd.DataFrame, meta: pd.DataFrame) -> dict[str, list[dict]]:

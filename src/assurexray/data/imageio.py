@@ -18,9 +18,15 @@ Conversion rules (deterministic, documented once here):
   rule as 16-bit PNG), then MONOCHROME1 is inverted so bone is always bright. Multi-frame files
   give their first frame; colour DICOM is reduced to luma.
 - EXIF orientation is applied (``ImageOps.exif_transpose``).
+- ``read_image_reduced(path, longer_side)`` is the same reader for a caller that shrinks the
+  image to ``longer_side`` anyway (the cache, ``predict``): a JPEG is then decoded at the
+  smallest DCT scale (1/2, 1/4, 1/8, Pillow's ``draft``) that still leaves both sides at least
+  their share of ``longer_side``, which skips most of the decoding work. Other formats decode
+  in full.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -33,6 +39,9 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from assurexray.errors import AssureXRayError
 
 DEFAULT_MAX_PIXELS = 200_000_000
+# The file names that folders are scanned for (ingest, predict): what this reader decodes.
+# Reading itself goes by content, so a file named explicitly is read whatever its suffix.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
 NOT_AN_IMAGE = "not an image (neither Pillow nor pydicom can read it)"
@@ -60,16 +69,41 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     Pillow also refuses, at open, anything above its own hard limit
     (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); both come out as ImageReadError.
     """
+    return _read(path, max_pixels, None)[0]
+
+
+def read_image_reduced(path: str | Path, longer_side: int,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels, (width, height) of the full image) for a caller that needs ``longer_side`` px.
+
+    The pixels are ``read_image``'s, except that a JPEG larger than needed comes at a reduced
+    DCT scale 1/s: ceil(width / s) x ceil(height / s), covering the same field of view.
+    """
+    return _read(path, max_pixels, longer_side)
+
+
+def _read(path: str | Path, max_pixels: int,
+          longer_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     path = _existing_file(path)
     if is_dicom(path):
-        return _read_dicom(path, max_pixels, force=False)
+        return _with_size(_read_dicom(path, max_pixels, force=False))
     try:
         im = _open_pil(path)
     except UnidentifiedImageError:
-        return _read_dicom(path, max_pixels, force=True)
+        return _with_size(_read_dicom(path, max_pixels, force=True))
     with im:
         _check_pixels(path, im.size, max_pixels)
-        return _pil_to_gray(_decode_pil(path, im))
+        stored, full = im.size, _oriented_size(im)
+        if longer_side:
+            _draft(im, longer_side)
+        img = _pil_to_gray(_decode_pil(path, im))
+        # A reduced decode is a JPEG, whose header (EXIF included) precedes the pixels, so the
+        # header's size is exact; otherwise the decoded shape is (a PNG's EXIF may trail).
+        return img, full if im.size != stored else (img.shape[1], img.shape[0])
+
+
+def _with_size(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    return img, (img.shape[1], img.shape[0])
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -86,11 +120,28 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except UnidentifiedImageError:
         return _dicom_size(_dicom_dataset(path, force=True))
     with im:
-        # Image.getexif reads only what the header parse found; PngImageFile.getexif would
-        # decode the whole image when the header holds no EXIF.
-        orientation = Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1)
-        width, height = im.size
+        return _oriented_size(im)
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header of an unloaded image."""
+    # Image.getexif reads only what the header parse found; PngImageFile.getexif would
+    # decode the whole image when the header holds no EXIF.
+    orientation = Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1)
+    width, height = im.size
     return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def _draft(im: Image.Image, longer_side: int) -> None:
+    """Let a JPEG decode at a reduced scale whose sides stay >= their share of longer_side.
+
+    The mode stays the file's, so the conversion rules above are unchanged; other formats
+    ignore ``draft``.
+    """
+    width, height = im.size
+    share = longer_side / max(width, height)
+    if share < 1:
+        im.draft(im.mode, (max(1, math.ceil(width * share)), max(1, math.ceil(height * share))))
 
 
 def is_dicom(path: str | Path) -> bool:

@@ -93,11 +93,24 @@ def usable_index(index: pd.DataFrame, quality: pd.DataFrame) -> pd.DataFrame:
     return index[index["image_id"].isin(keep)].sort_values("image_id").reset_index(drop=True)
 
 
+def quality_by_id(quality: pd.DataFrame) -> pd.DataFrame:
+    """The quality table indexed by image_id, without the rows of a repeated id.
+
+    The audit excludes every row of an id that names several index rows (``check_aligned``
+    makes sure), so no usable image is lost, and lookups by id stay unambiguous.
+    """
+    return quality[~quality["image_id"].duplicated(keep=False)].set_index("image_id")
+
+
 def check_aligned(index: pd.DataFrame, quality: pd.DataFrame) -> None:
+    """Index and quality table list the same ids; an id may repeat only if the audit excluded
+    every one of its rows (a repeated id cannot say which image it means)."""
+    usable = set(quality.loc[quality["usable"].astype(bool), "image_id"])
     for name, df in (("index", index), ("quality table", quality)):
-        dup = df["image_id"][df["image_id"].duplicated()]
+        dup = df["image_id"][df["image_id"].duplicated() & df["image_id"].isin(usable)]
         if len(dup):
-            raise ValueError(f"{name} repeats image ids {dup.head(5).tolist()}")
+            raise ValueError(f"{name} repeats usable image ids {dup.head(5).tolist()}; "
+                             "rerun the audit stage, which excludes repeated ids")
     only_index = sorted(set(index["image_id"]) - set(quality["image_id"]))
     only_quality = sorted(set(quality["image_id"]) - set(index["image_id"]))
     if only_index or only_quality:

@@ -8,18 +8,19 @@ LabelMe files so that one annotation parser (``btxrd.parse_labelme``) serves eve
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from assurexray.data import btxrd, download, imageio, synthetic
+from assurexray.data import btxrd, download, imageio
 from assurexray.data.schema import INDEX_COLUMNS, DatasetInfo
+from assurexray.data.synthetic.writer import generate_twin
 from assurexray.errors import AssureXRayError
 from assurexray.params import Params
 
@@ -31,8 +32,6 @@ MANIFEST_OPTIONAL = ["center", "site", "group", "view", "age", "sex"]
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 # Manifest column -> index column, where the names differ.
 MANIFEST_TO_INDEX = {"site": "sites"}
-IMAGE_SUFFIXES = btxrd.IMAGE_SUFFIXES | {".dcm"}
-LABELME_VERSION = "5.4.1"
 ANNOTATIONS_DIR = "annotations"
 
 
@@ -40,27 +39,91 @@ class SourceError(AssureXRayError, ValueError):
     """A source cannot be read; the message names the file or the params key to fix."""
 
 
+# The data source registry (params.data.source): name -> reader(params, raw_dir) giving
+# (index, notes, info); raw files it writes go under raw_dir.
+SourceReader = Callable[[Params, Path], tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]]
+SOURCES: dict[str, SourceReader] = {}
+
+
+def register_source(name: str) -> Callable[[SourceReader], SourceReader]:
+    """Decorator adding a source reader under ``name``."""
+    def add(reader: SourceReader) -> SourceReader:
+        if name in SOURCES:
+            raise ValueError(f"data source {name!r} is already registered")
+        SOURCES[name] = reader
+        return reader
+    return add
+
+
 def prepare_source(params: Params, raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
-    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``."""
-    data = params.data
+    """Build (index, notes, info) for ``params.data.source``; raw files go under ``raw_dir``.
+
+    The user's own data (``manifest``, ``btxrd_dir``) must lie inside ``data.tracked_path``,
+    which DVC hashes, so that no edit of it goes unseen; generated and downloaded data are
+    fixed by their params (seed, checksums).
+    """
+    source = params.data.source
+    if source not in SOURCES:
+        raise SourceError(f"params key 'data.source' = {source!r}: expected one of "
+                          f"{', '.join(SOURCES)}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    if data.source == "manifest":
-        path = _configured_path(data.manifest.path, "data.manifest.path", "a CSV or a folder per class")
-        index, notes, classes = read_manifest(path, raw_dir)
-        return index, notes, DatasetInfo(data.source, classes, str(path))
-    if data.source == "synthetic":
-        s = data.synthetic
-        root = synthetic.generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
-                                       defects=s.defects, min_side=s.min_side, max_side=s.max_side)
-    elif data.source == "btxrd":
-        cache_dir = Path(data.btxrd.cache_dir) if data.btxrd.cache_dir else download.default_cache_dir()
-        root = download.fetch_and_extract(data.btxrd, raw_dir, cache_dir)
-    else:
-        root = _configured_path(data.btxrd_dir.path, "data.btxrd_dir.path",
-                                "a folder holding images/, Annotations/, dataset.xlsx")
+    return SOURCES[source](params, raw_dir)
+
+
+@register_source("manifest")
+def _manifest(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    path = _configured_path(params.data.manifest.path, "data.manifest.path",
+                            "a CSV or a folder per class")
+    index, notes, classes = read_manifest(path, raw_dir)
+    check_tracked([path, *index["file"]], params.data.tracked_path, "data.manifest.path")
+    return index, notes, DatasetInfo("manifest", classes, str(path))
+
+
+@register_source("synthetic")
+def _synthetic(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    s = params.data.synthetic
+    root = generate_twin(raw_dir, n_images=s.n_images, seed=params.seed,
+                         defects=s.defects, min_side=s.min_side, max_side=s.max_side)
+    return _btxrd_layout("synthetic", root)
+
+
+@register_source("btxrd")
+def _btxrd(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    config = params.data.btxrd
+    cache_dir = Path(config.cache_dir) if config.cache_dir else download.default_cache_dir()
+    return _btxrd_layout("btxrd", download.fetch_and_extract(config, raw_dir, cache_dir))
+
+
+@register_source("btxrd_dir")
+def _btxrd_dir(params: Params, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    root = _configured_path(params.data.btxrd_dir.path, "data.btxrd_dir.path",
+                            "a folder holding images/, Annotations/, dataset.xlsx")
+    check_tracked([root], params.data.tracked_path, "data.btxrd_dir.path")
+    return _btxrd_layout("btxrd_dir", root)
+
+
+def _btxrd_layout(source: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, DatasetInfo]:
+    """The BTXRD release layout (the twin mirrors it): one ingest for three sources."""
     index, notes = btxrd.ingest_btxrd_dir(root)
-    return index, notes, DatasetInfo(data.source, list(btxrd.CLASSES), str(root))
+    return index, notes, DatasetInfo(source, list(btxrd.CLASSES), str(root))
+
+
+def check_tracked(paths: list, tracked: str, key: str) -> None:
+    """Every path (files or folders, '' skipped) lies inside ``tracked`` (``data.tracked_path``).
+
+    Compared after resolving links: DVC follows the tracked folder when it is itself a link,
+    but not links inside it.
+    """
+    root = os.path.realpath(tracked)
+    resolved = [os.path.realpath(p) for p in paths if str(p)]
+    outside = [p for p in resolved if os.path.commonpath([p, root]) != root]
+    if outside:
+        holder = os.path.commonpath([p if os.path.isdir(p) else os.path.dirname(p) for p in resolved])
+        raise SourceError(
+            f"{len(outside)} file(s) of {key} lie outside data.tracked_path ({tracked}), the folder "
+            f"DVC watches for changes to your data, e.g. {outside[0]}: set data.tracked_path to a "
+            f"folder holding all of them (here {holder}) or move them into {tracked}")
 
 
 def _configured_path(value: str | None, key: str, what: str) -> Path:
@@ -126,10 +189,24 @@ def _read_manifest_csv(path: Path) -> list[_Entry]:
     df = df.map(str.strip).reindex(columns=MANIFEST_REQUIRED + MANIFEST_OPTIONAL + BOX_COLUMNS,
                                    fill_value="")
     df["line"] = range(2, len(df) + 2)  # CSV line numbers (the header is line 1)
+    base = path.parent
     groups: dict[str, list[pd.Series]] = {}
     for _, row in df.iterrows():
-        groups.setdefault(row["path"] or f"row{row['line']}", []).append(row)
-    return [_entry_of_rows(key, path.parent, rows) for key, rows in groups.items()]
+        file = os.path.normpath(os.path.abspath(base / row["path"])) if row["path"] else ""
+        groups.setdefault(file or f"row{row['line']}", []).append(row)
+    keys = dict(zip(groups, id_paths(list(groups), base)))
+    return [_entry_of_rows(keys[file], base, rows) for file, rows in groups.items()]
+
+
+def id_paths(files: list[str], base: Path) -> list[str]:
+    """What image ids derive from: each absolute path relative to ``base`` (the manifest's
+    folder) or, for files outside it, to the deepest folder holding all of those, so the same
+    data in another folder gives the same ids. Anything else (a row key) passes unchanged."""
+    base = os.path.abspath(base)
+    outside = {f for f in files if os.path.isabs(f) and os.path.commonpath([f, base]) != base}
+    root = os.path.commonpath([os.path.dirname(f) for f in outside]) if outside else base
+    return [os.path.relpath(f, root if f in outside else base) if os.path.isabs(f) else f
+            for f in files]
 
 
 def _entry_of_rows(key: str, base: Path, rows: list[pd.Series]) -> _Entry:
@@ -173,7 +250,7 @@ def _scan_class_folders(root: Path) -> tuple[list[_Entry], list[tuple[str, str]]
         rel = file.relative_to(root)
         if len(rel.parts) == 1:
             notes.append((str(file), "not inside a class folder, ignored"))
-        elif file.suffix.lower() not in IMAGE_SUFFIXES:
+        elif file.suffix.lower() not in imageio.IMAGE_SUFFIXES:
             notes.append((str(file), f"not an image file (suffix '{file.suffix}'), ignored"))
         else:
             label = rel.parts[0]
@@ -221,19 +298,11 @@ def unique_ids(rel_paths: list[str]) -> list[str]:
 
 def write_labelme(path: str | Path, image_file: str, width: int, height: int, label: str,
                   boxes: list[tuple[float, ...]]) -> None:
-    """A LabelMe 5.x file with one rectangle and one matching 4-corner polygon per box."""
+    """A LabelMe file with one rectangle and one matching 4-corner polygon per box."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def shape(kind: str, points: list) -> dict:
-        return {"label": label, "points": points, "group_id": None, "description": "",
-                "shape_type": kind, "flags": {}, "mask": None}
-
-    rects = [shape("rectangle", [[x0, y0], [x1, y1]]) for x0, y0, x1, y1 in boxes]
-    polys = [shape("polygon", [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) for x0, y0, x1, y1 in boxes]
-    doc = {"version": LABELME_VERSION, "flags": {}, "shapes": rects + polys,
-           "imagePath": os.path.relpath(image_file, path.parent) if image_file else "",
-           "imageData": None,
-           "imageHeight": height if height > 0 else None,
-           "imageWidth": width if width > 0 else None}
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    lesions = [(label, (x0, y0, x1, y1), [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+               for x0, y0, x1, y1 in boxes]
+    image = os.path.relpath(image_file, path.parent) if image_file else ""
+    text = btxrd.labelme_text(image, width if width > 0 else None, height if height > 0 else None, lesions)
+    path.write_bytes(text.encode("utf-8"))

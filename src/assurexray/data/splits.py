@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from assurexray.data.schema import check_aligned, usable_index
+from assurexray.data.schema import check_aligned, quality_by_id, usable_index
 from assurexray.errors import AssureXRayError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def assign_groups(index: pd.DataFrame, quality: pd.DataFrame) -> pd.Series:
     """
     check_aligned(index, quality)
     rows = index.sort_values("image_id").reset_index(drop=True)
-    dup = rows["image_id"].map(quality.set_index("image_id")["dup_cluster"]).fillna("")
+    dup = rows["image_id"].map(quality_by_id(quality)["dup_cluster"]).fillna("")
     base = _source_groups(rows) if (rows["group"] != "").any() else _run_groups(rows)
     component = _link(len(rows), [base, dup])
     usable = rows["image_id"].isin(quality.loc[quality["usable"].astype(bool), "image_id"])
@@ -77,12 +77,13 @@ def _link(n: int, relations: list) -> np.ndarray:
 
 
 def grouped_partition(labels: np.ndarray, groups: np.ndarray, fractions: list[float],
-                      seed: int) -> np.ndarray:
+                      seed: int, classes: list[str]) -> np.ndarray:
     """Partition number of every sample (0 = first fraction): whole groups, class mix stratified.
 
-    Partitions are peeled off from the last: each is one fold of a seeded StratifiedGroupKFold
-    over the samples not yet taken, with as many folds as its share of them suggests
-    (70/15/15: test = 1 of 7 folds, val = 1 of 6 folds of the rest, train = the remainder).
+    Partitions are peeled off from the last: each is one fold (the first that holds every
+    class) of a seeded StratifiedGroupKFold over the samples not yet taken, with as many folds
+    as its share of them suggests (70/15/15: test = 1 of 7 folds, val = 1 of 6 folds of the
+    rest, train = the remainder).
     On small data this stratifies much better than dealing out many small folds.
     """
     out = np.zeros(len(labels), dtype=int)
@@ -90,26 +91,72 @@ def grouped_partition(labels: np.ndarray, groups: np.ndarray, fractions: list[fl
     for part in range(len(fractions) - 1, 0, -1):
         free = np.flatnonzero(out == 0)
         k = max(2, round(remaining / fractions[part]))
-        out[free[_first_fold(labels[free], groups[free], k, seed)]] = part
+        out[free[_first_fold(labels[free], groups[free], k, seed, classes)]] = part
         remaining -= fractions[part]
     return out
 
 
-def _first_fold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _first_fold(labels: np.ndarray, groups: np.ndarray, k: int, seed: int,
+                classes: list[str]) -> np.ndarray:
     n_groups = len(np.unique(groups))
     largest_class = np.unique(labels, return_counts=True)[1].max(initial=0)
     if min(n_groups, largest_class) < k:
         raise SplitError(f"{len(labels)} images in {n_groups} groups are too few to split off "
                          f"1/{k} of them by group and class")
+    _warn_rare_classes(labels, groups, k, classes)
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
-        # A class rarer than k only means some folds lack it; the split stays valid.
+        # sklearn's "least populated class" warning, without names or counts: said above.
         warnings.filterwarnings("ignore", message="The least populated class")
-        return next(folds.split(np.zeros(len(labels)), labels, groups))[1]
+        candidates = [test for _, test in folds.split(np.zeros(len(labels)), labels, groups)]
+    # The first fold holding every class; a rare class would otherwise miss a partition whenever
+    # the first fold happens to lack it (check_every_class then fails with the counts).
+    n_classes = len(np.unique(labels))
+    return next((f for f in candidates if len(np.unique(labels[f])) == n_classes), candidates[0])
+
+
+def class_counts(labels: np.ndarray, groups: np.ndarray, classes: list[str]) -> dict[str, dict]:
+    """{class: {images, groups}} of samples labelled by class name (a group counts for every
+    class it holds)."""
+    frame = pd.DataFrame({"label": labels, "group": groups})
+    images = frame["label"].value_counts()
+    n_groups = frame.drop_duplicates().groupby("label")["group"].size()
+    return {c: {"images": int(images.get(c, 0)), "groups": int(n_groups.get(c, 0))}
+            for c in classes}
+
+
+def _warn_rare_classes(labels: np.ndarray, groups: np.ndarray, k: int,
+                       classes: list[str]) -> None:
+    counts = class_counts(np.asarray(classes)[labels], groups, classes)
+    rare = {c: n for c, n in counts.items() if n["groups"] < k}
+    if rare:
+        log.warning("class(es) %s have fewer patient groups than the %d folds a partition is "
+                    "cut from, so a partition can lack them (images/groups per class: %s)",
+                    ", ".join(rare), k, _count_text(counts))
+
+
+def _count_text(counts: dict[str, dict]) -> str:
+    return ", ".join(f"{c} {n['images']}/{n['groups']}" for c, n in counts.items())
+
+
+def check_every_class(frame: pd.DataFrame, classes: list[str]) -> None:
+    """Fail when a partition lacks a class: its macro AUC (model selection on val, the
+    headline on test) and that class's sensitivity would be undefined."""
+    for name in PARTITIONS:
+        part = frame[frame["partition"] == name]
+        counts = class_counts(part["label"].to_numpy(), part["group"].to_numpy(), classes)
+        absent = [c for c, n in counts.items() if n["images"] == 0]
+        if absent:
+            total = class_counts(frame["label"].to_numpy(), frame["group"].to_numpy(), classes)
+            raise SplitError(
+                f"the {name} partition has no {', '.join(absent)} image: its macro AUC would be "
+                f"undefined (images/groups per class: in {name} {_count_text(counts)}; in all "
+                f"usable images {_count_text(total)}); add data of that class, change the "
+                "split fractions or the seed")
 
 
 def make_split(index: pd.DataFrame, quality: pd.DataFrame, classes: list[str], split: str,
-               fractions: list[float], train_centers: list[int], center_val_fraction: float,
+               fractions: list[float], train_centers: list[int | str], center_val_fraction: float,
                seed: int) -> pd.DataFrame:
     """Usable images with their group and partition ('' = withheld, see center split).
 
@@ -123,12 +170,14 @@ def make_split(index: pd.DataFrame, quality: pd.DataFrame, classes: list[str], s
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     if split == "stratified":
         _check_fractions(fractions, "split_options.fractions", 3)
-        part = grouped_partition(y, frame["group"].to_numpy(), fractions, seed)
+        part = grouped_partition(y, frame["group"].to_numpy(), fractions, seed, classes)
         frame["partition"] = np.asarray(PARTITIONS)[part]
     elif split == "center":
-        frame["partition"] = _center_partition(frame, y, train_centers, center_val_fraction, seed)
+        frame["partition"] = _center_partition(frame, y, train_centers, center_val_fraction,
+                                               seed, classes)
     else:
         raise SplitError(f"unknown split '{split}' (stratified | center)")
+    check_every_class(frame, classes)
     return frame
 
 
@@ -137,9 +186,11 @@ def _check_fractions(fractions: list[float], key: str, n: int) -> None:
         raise SplitError(f"{key} must be {n} positive fractions summing to 1, got {fractions}")
 
 
-def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int],
-                      val_fraction: float, seed: int) -> np.ndarray:
+def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[int | str],
+                      val_fraction: float, seed: int, classes: list[str]) -> np.ndarray:
     """train/val from train_centers, test = every other center.
+
+    Centers match the index's center column as text, so 1 and "1" name the same center.
 
     A group spanning a train and a test center (a duplicate across centers) stays out of
     training: its test-center images go to test, its train-center images are withheld ('').
@@ -147,11 +198,14 @@ def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[in
     _check_fractions([1 - val_fraction, val_fraction], "split_options.center_val_fraction", 2)
     wanted = {str(c) for c in train_centers}
     present = sorted(frame["center"].unique())
+    unknown = sorted(wanted - set(present))
+    if unknown:
+        raise SplitError(f"split=center: split_options.train_centers {unknown} match no center "
+                         f"of a usable image; centers present: {present}")
     in_train = frame["center"].isin(wanted).to_numpy()
-    if in_train.all() or not in_train.any():
-        raise SplitError(
-            f"split=center: train_centers {sorted(wanted)} leave the "
-            f"{'test' if in_train.all() else 'train'} partition empty; centers present: {present}")
+    if in_train.all():
+        raise SplitError(f"split=center: train_centers {sorted(wanted)} leave the test partition "
+                         f"empty; centers present: {present}")
     crossing = frame.groupby("group")["center"].transform(lambda c: c.isin(wanted).nunique() > 1)
     withheld = in_train & crossing.to_numpy()
     if withheld.any():
@@ -160,7 +214,7 @@ def _center_partition(frame: pd.DataFrame, y: np.ndarray, train_centers: list[in
     pool = in_train & ~withheld
     part = np.where(in_train, "", "test").astype(object)
     inner = grouped_partition(y[pool], frame["group"].to_numpy()[pool],
-                              [1 - val_fraction, val_fraction], seed)
+                              [1 - val_fraction, val_fraction], seed, classes)
     part[pool] = np.asarray(["train", "val"])[inner]
     return part
 
@@ -183,7 +237,7 @@ def split_metrics(frame: pd.DataFrame, quality: pd.DataFrame, classes: list[str]
             "by_center": {str(c): int(n)
                           for c, n in part["center"].value_counts().sort_index().items()},
         }
-    dup = placed["image_id"].map(quality.set_index("image_id")["dup_cluster"]).fillna("")
+    dup = placed["image_id"].map(quality_by_id(quality)["dup_cluster"]).fillna("")
     in_cluster = dup != ""
     metrics["leakage"] = {
         "groups_crossing_partitions": _crossing(placed["group"], placed["partition"]),

@@ -1,10 +1,15 @@
-"""Grouped, class-stratified percentile bootstrap of the classification metrics.
+"""Test-set intervals: grouped stratified percentile bootstrap, exact intervals for proportions.
 
-Views of one patient are not independent, so whole patient groups are resampled (with
-replacement, within the stratum of the group's class) and every image carries its group's
-multiplicity as a weight. All resamples are evaluated at once from a (1 + B, n_images) weight
-matrix whose row 0 is the original sample (all ones): metrics are weighted sums, and the AUC
-is a weighted Mann-Whitney statistic computed from one sort of the scores.
+AUCs and balanced accuracy (not proportions) get a grouped, class-stratified percentile
+bootstrap. Views of one patient are not independent, so whole patient groups are resampled
+(with replacement, within the stratum of the group's class) and every image carries its
+group's multiplicity as a weight. All resamples are evaluated at once from a (1 + B, n_images)
+weight matrix whose row 0 is the original sample (all ones): metrics are weighted sums, and
+the AUC is a weighted Mann-Whitney statistic computed from one sort of the scores.
+
+Accuracy, sensitivity and specificity are proportions: a percentile bootstrap collapses to
+a zero-width interval at 0 or 1, so they get the grouped Clopper-Pearson interval of
+``proportions`` instead, with their count and n.
 """
 from __future__ import annotations
 
@@ -14,10 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from assurexray.evaluation.metrics import ratio, weighted_auc
+from assurexray.evaluation import proportions
+from assurexray.evaluation.metrics import macro_auc, ratio, weighted_auc
 from assurexray.evaluation.predictions import read_predictions as read_prediction_table
 
-METHOD = "grouped stratified percentile bootstrap"
+BOOTSTRAP = "grouped stratified percentile bootstrap"
+# The interval method of each key of analysis.json (recorded there).
+METHODS = {**dict.fromkeys(("macro_auc", "auc", "balanced_accuracy"), BOOTSTRAP),
+           **dict.fromkeys(("accuracy", "sensitivity", "specificity", "operating_points"),
+                           proportions.METHOD)}
+METHOD = f"{BOOTSTRAP} (AUCs, balanced accuracy); {proportions.METHOD} (proportions)"
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,10 @@ def _check_unique_ids(df: pd.DataFrame, path) -> None:
         raise ValueError(f"{path}: duplicated image_id {df['image_id'][duplicated].iloc[0]!r}")
 
 
-def read_predictions(path: str | Path, classes: list[str], groups: pd.Series) -> Predictions:
-    """Read a predictions CSV (the one reader in ``predictions``) and attach patient groups."""
+def read_predictions(path: str | Path, classes: list[str], groups: pd.Series,
+                     temperature: float = 1.0) -> Predictions:
+    """Read a predictions CSV (the one reader in ``predictions``) and attach patient groups;
+    probabilities are softmax(logits / temperature)."""
     table = read_prediction_table(path)
     if table.classes != list(classes):
         raise ValueError(f"{path}: classes {table.classes} differ from dataset.json {classes}")
@@ -68,7 +81,7 @@ def read_predictions(path: str | Path, classes: list[str], groups: pd.Series) ->
     if unknown.any():
         raise ValueError(f"{path}: {unknown.sum()} image(s) have no patient group in groups.csv, "
                          f"e.g. {table.image_ids[unknown.to_numpy()][0]!r}")
-    return Predictions(table.image_ids, table.y_true, table.y_pred, table.probs(),
+    return Predictions(table.image_ids, table.y_true, table.y_pred, table.probs(temperature),
                        groups.loc[table.image_ids].to_numpy())
 
 
@@ -103,29 +116,20 @@ def bootstrap_weights(groups: np.ndarray, y_true: np.ndarray, n_iter: int, seed:
 
 def weighted_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
                      weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric for every weight row: scalars (B,), per-class (B, K); NaN where undefined.
+    """The bootstrapped (non-proportion) metrics for every weight row: macro_auc and
+    balanced_accuracy (B,), auc (B, K); NaN where undefined.
 
     Balanced accuracy averages the recall of the classes present in the row (as sklearn);
-    macro AUC is undefined as soon as one class AUC is.
+    macro AUC is ``metrics.macro_auc`` (undefined as soon as one class AUC is).
     """
     k = probs.shape[1]
     truth = np.eye(k, dtype=bool)[y_true]
     hit = np.eye(k, dtype=bool)[y_pred]
-    total = weights.sum(axis=1)
-    positives = weights @ truth
-    sensitivity = ratio(weights @ (truth & hit), positives)
-    specificity = ratio(weights @ (~truth & ~hit), total[:, None] - positives)
+    sensitivity = ratio(weights @ (truth & hit), weights @ truth)
     auc = np.column_stack([weighted_auc(truth[:, c], probs[:, c], weights) for c in range(k)])
     present = np.isfinite(sensitivity)
     balanced = ratio(np.where(present, sensitivity, 0).sum(axis=1), present.sum(axis=1))
-    return {
-        "accuracy": ratio(weights @ (y_true == y_pred), total),
-        "balanced_accuracy": balanced,
-        "macro_auc": auc.mean(axis=1),
-        "auc": auc,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-    }
+    return {"balanced_accuracy": balanced, "macro_auc": macro_auc(auc), "auc": auc}
 
 
 def summarize(values: np.ndarray, ci_level: float) -> dict:
@@ -144,17 +148,22 @@ def summarize(values: np.ndarray, ci_level: float) -> dict:
 
 def bootstrap_metrics(preds: Predictions, classes: list[str], n_iter: int, ci_level: float,
                       seed: int) -> dict:
-    """Point estimates and grouped stratified percentile intervals of the main metrics.
+    """Point estimates and intervals of the main metrics (the method of each: ``METHODS``).
 
-    Keys: macro_auc, accuracy, balanced_accuracy (intervals) and auc, sensitivity,
-    specificity ({class: interval}).
+    Keys: macro_auc, balanced_accuracy (bootstrap intervals), accuracy (proportion interval)
+    and auc (bootstrap), sensitivity, specificity (proportion) as {class: interval}.
     """
     weights = bootstrap_weights(preds.groups, preds.y_true, n_iter, seed)
     values = weighted_metrics(preds.y_true, preds.y_pred, preds.probs, weights)
-    out = {}
-    for name, v in values.items():
-        if v.ndim == 1:
-            out[name] = summarize(v, ci_level)
-        else:
-            out[name] = {c: summarize(v[:, i], ci_level) for i, c in enumerate(classes)}
+    out = {name: summarize(values[name], ci_level) for name in ("macro_auc", "balanced_accuracy")}
+    out["accuracy"] = proportions.proportion_interval(preds.y_true == preds.y_pred, preds.groups,
+                                                      ci_level)
+    out["auc"] = {c: summarize(values["auc"][:, i], ci_level) for i, c in enumerate(classes)}
+    out["sensitivity"], out["specificity"] = {}, {}
+    for i, c in enumerate(classes):
+        actual, called = preds.y_true == i, preds.y_pred == i
+        out["sensitivity"][c] = proportions.proportion_interval(
+            called[actual], preds.groups[actual], ci_level)
+        out["specificity"][c] = proportions.proportion_interval(
+            ~called[~actual], preds.groups[~actual], ci_level)
     return out

@@ -68,7 +68,9 @@ def weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
 
 
 def binary_rates(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, PPV, NPV and F1 along the last axis (NaN when undefined)."""
+    """Sensitivity, specificity, PPV, NPV and F1 along the last axis (NaN when undefined).
+
+    The one implementation of these rates (per-class metrics and operating points use it)."""
     c = binary_counts(y_true_bin, y_pred_bin)
     tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
     return {
@@ -78,6 +80,17 @@ def binary_rates(y_true_bin: np.ndarray, y_pred_bin: np.ndarray) -> dict[str, np
         "npv": ratio(tn, tn + fn),
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
     }
+
+
+def macro_auc(class_auc: np.ndarray) -> np.ndarray | float:
+    """Macro one-vs-rest AUC: the mean of the class AUCs along the last axis, NaN as soon as
+    one class AUC is undefined (a class absent, or no negative for it).
+
+    The one definition used by training, evaluation, the bootstrap and robustness: a mean over
+    the classes that happen to be present would be another metric, silently compared with the
+    full one (a subgroup or partition without Malignant would look better, not undefined).
+    """
+    return np.asarray(class_auc, dtype=float).mean(axis=-1)[()]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -106,7 +119,8 @@ def per_class_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, np.nda
 def classification_metrics(y_true, probs, classes) -> dict:
     """Accuracy, balanced accuracy, macro AUC/F1, weighted F1, per-class rates, confusion matrix.
 
-    Macro averages run over the classes where the value is defined; a class absent from
+    Macro F1 and balanced accuracy average the classes where the value is defined (as sklearn);
+    macro AUC follows ``macro_auc`` (undefined when a class is absent). A class absent from
     ``y_true`` has AUC NaN (JSON null) and a note saying so.
     """
     y_true = np.asarray(y_true, dtype=int)
@@ -120,8 +134,8 @@ def classification_metrics(y_true, probs, classes) -> dict:
     y_pred = probs.argmax(axis=1)
     pc = per_class_metrics(y_true, probs)
     support = pc["support"]
-    notes = [f"class {c!r} is absent from the labels: its AUC and sensitivity are undefined"
-             for c, s in zip(classes, support) if s == 0]
+    notes = [f"class {c!r} is absent from the labels: its AUC and sensitivity, and the macro "
+             "AUC, are undefined" for c, s in zip(classes, support) if s == 0]
     rates = ("auc", "sensitivity", "specificity", "ppv", "npv", "f1")
     per_class = {c: {"support": int(support[i]), **{m: float(pc[m][i]) for m in rates}}
                  for i, c in enumerate(classes)}
@@ -130,7 +144,7 @@ def classification_metrics(y_true, probs, classes) -> dict:
         "n": int(len(y_true)),
         "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else math.nan,
         "balanced_accuracy": _nanmean(pc["sensitivity"]),
-        "macro_auc": _nanmean(pc["auc"]),
+        "macro_auc": float(macro_auc(pc["auc"])),
         "macro_f1": _nanmean(pc["f1"]),
         "weighted_f1": float(ratio(np.nansum(pc["f1"] * support), support.sum())),
         "per_class": per_class,

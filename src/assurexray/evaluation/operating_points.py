@@ -1,26 +1,38 @@
-"""Binary operating points: thresholds chosen on validation, judged on test.
+"""Binary operating points: thresholds chosen on validation, shipped with the model, judged on test.
 
 Two questions a reader asks of a tumour classifier: "is it malignant?" (score P(Malignant))
 and "is there a tumour at all?" (score 1 - P(Normal)). For each, thresholds are picked on the
-validation split (Youden's J, a sensitivity target, a specificity target) and only applied to
-test, where sensitivity, specificity, PPV and NPV get grouped bootstrap intervals.
+validation split (Youden's J, a sensitivity target, a specificity target) on the probability
+scale the model ships with (the calibrate stage passes temperature-scaled probabilities), and
+stored as plain data in the calibrated checkpoint, one of them marked as the decision
+``predict`` makes. On test, sensitivity, specificity, PPV and NPV get grouped Clopper-Pearson
+intervals (``proportions``) with their counts.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from assurexray.evaluation.bootstrap import Predictions, bootstrap_weights, summarize
-from assurexray.evaluation.metrics import ratio
+from assurexray.errors import AssureXRayError
+from assurexray.evaluation.bootstrap import Predictions
+from assurexray.evaluation.metrics import binary_rates
+from assurexray.evaluation.proportions import proportion_interval
 
 log = logging.getLogger(__name__)
 
 RATES = ("sensitivity", "specificity", "ppv", "npv")
+POINTS = ("youden", "sensitivity_target", "specificity_target")
 # Float slack when comparing a rate with its target (0.9 may be stored as 0.8999...).
 TOLERANCE = 1e-9
+
+
+class OperatingPointsError(AssureXRayError, ValueError):
+    """The fitted operating points are missing or do not fit the classes."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ class BinaryTask:
         return np.isin(y_true, self.positive)
 
     def scores(self, probs: np.ndarray) -> np.ndarray:
-        p = probs[:, self.score_class]
+        p = probs[..., self.score_class]
         return 1 - p if self.complement else p
 
 
@@ -97,52 +109,126 @@ def choose_thresholds(positive: np.ndarray, scores: np.ndarray, sensitivity_targ
             for k, (i, note) in chosen.items()}
 
 
-def binary_rates(positive: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> dict:
-    """Sensitivity, specificity, PPV, NPV for each weight row (NaN where undefined)."""
-    tp, fn = weights @ (positive & predicted), weights @ (positive & ~predicted)
-    fp, tn = weights @ (~positive & predicted), weights @ (~positive & ~predicted)
-    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
-            "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn)}
-
-
-def _point(value: float) -> float | None:
+def _point(value) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def evaluate_task(task: BinaryTask, val: Predictions, test: Predictions, test_weights: np.ndarray,
-                  sensitivity_target: float, specificity_target: float, ci_level: float) -> dict:
-    """Thresholds from validation, with validation rates and test intervals for each."""
-    val_pos, val_scores = task.labels(val.y_true), task.scores(val.probs)
-    test_pos, test_scores = task.labels(test.y_true), task.scores(test.probs)
-    chosen = choose_thresholds(val_pos, val_scores, sensitivity_target, specificity_target)
-    out = {"score": task.description}
-    for key, choice in chosen.items():
-        if choice["note"]:
-            log.warning("operating point %s (%s): %s", key, task.description, choice["note"])
-        threshold = choice["threshold"]
-        if threshold is None:
-            val_rates = {r: None for r in RATES}
-            test_rates = {r: summarize(np.full(len(test_weights), np.nan), ci_level) for r in RATES}
-        else:
-            val_rates = {r: _point(v[0]) for r, v in binary_rates(
-                val_pos, val_scores >= threshold, np.ones((1, len(val)))).items()}
-            test_rates = {r: summarize(v, ci_level) for r, v in binary_rates(
-                test_pos, test_scores >= threshold, test_weights).items()}
-        out[key] = {**choice, "val": val_rates, "test": test_rates}
-    return out
+def _val_rates(positive: np.ndarray, scores: np.ndarray, threshold: float | None) -> dict:
+    """Validation rates at ``threshold`` (None where undefined) and the class counts."""
+    counts = {"n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
+    if threshold is None:
+        return {**dict.fromkeys(RATES), **counts}
+    rates = binary_rates(positive, scores >= threshold)
+    return {**{r: _point(rates[r]) for r in RATES}, **counts}
 
 
-def operating_points(val: Predictions, test: Predictions, classes: list[str],
-                     sensitivity_target: float, specificity_target: float, n_iter: int,
-                     ci_level: float, seed: int) -> dict:
-    """Every binary task of ``classes``: evaluated, or {"skipped": reason}."""
-    test_weights = bootstrap_weights(test.groups, test.y_true, n_iter, seed)
+def _task_record(task: BinaryTask, classes: list[str]) -> dict:
+    """The task as plain data: enough for ``task_from_record`` to rebuild it."""
+    return {"score": task.description, "positive": [classes[i] for i in task.positive],
+            "score_class": classes[task.score_class], "complement": task.complement}
+
+
+def task_from_record(record: dict, classes: list[str]) -> BinaryTask:
+    return BinaryTask(tuple(classes.index(c) for c in record["positive"]),
+                      classes.index(record["score_class"]), bool(record["complement"]),
+                      record["score"])
+
+
+def fit_operating_points(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                         sensitivity_target: float, specificity_target: float, decision: str,
+                         scale: str) -> dict:
+    """Thresholds of every binary task of ``classes``, chosen on validation labels and probs.
+
+    Plain data (for checkpoint meta and JSON): {task: {score, positive, score_class,
+    complement, scale, decision, youden|sensitivity_target|specificity_target: {threshold,
+    note[, target], val: {sensitivity, specificity, ppv, npv, n_positive, n_negative}}}},
+    or {task: {"skipped": reason}}. ``scale`` names the probabilities passed (the one
+    ``predict`` must apply the thresholds to); ``decision`` is the point ``predict`` uses.
+    """
+    if decision not in POINTS:
+        raise ValueError(f"decision must be one of {POINTS}, got {decision!r}")
     out = {}
     for name, task in binary_tasks(classes).items():
         if isinstance(task, str):
             log.warning("operating points %s skipped: %s", name, task)
             out[name] = {"skipped": task}
-        else:
-            out[name] = evaluate_task(task, val, test, test_weights, sensitivity_target,
-                                      specificity_target, ci_level)
+            continue
+        positive, scores = task.labels(y_true), task.scores(probs)
+        chosen = choose_thresholds(positive, scores, sensitivity_target, specificity_target)
+        out[name] = {**_task_record(task, classes), "scale": scale, "decision": decision}
+        for key, choice in chosen.items():
+            if choice["note"]:
+                log.warning("operating point %s (%s): %s", key, task.description, choice["note"])
+            out[name][key] = {**choice, "val": _val_rates(positive, scores, choice["threshold"])}
+    return out
+
+
+def read_fitted(path: str | Path, classes: list[str]) -> tuple[float, dict]:
+    """(temperature, operating points) as the calibrate stage wrote them to its metrics file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise OperatingPointsError(f"{path}: not JSON ({exc}); rerun the calibrate stage") from exc
+    missing = [k for k in ("temperature", "operating_points") if k not in data]
+    if missing:
+        raise OperatingPointsError(f"{path}: lacks {missing}; rerun the calibrate stage")
+    for name, record in data["operating_points"].items():
+        unknown = set(record.get("positive", [])) - set(classes)
+        if unknown:
+            raise OperatingPointsError(f"{path}: operating points {name} name classes "
+                                       f"{sorted(unknown)} not in {classes}; rerun calibrate")
+    return float(data["temperature"]), data["operating_points"]
+
+
+def rates_with_intervals(positive: np.ndarray, called: np.ndarray, groups: np.ndarray,
+                         ci_level: float) -> dict:
+    """Sensitivity, specificity, PPV, NPV with grouped Clopper-Pearson intervals and counts."""
+    cells = {"sensitivity": (called, positive), "specificity": (~called, ~positive),
+             "ppv": (positive, called), "npv": (~positive, ~called)}
+    return {rate: proportion_interval(hit[among], groups[among], ci_level)
+            for rate, (hit, among) in cells.items()}
+
+
+def _undefined() -> dict:
+    """Test rates of a point that has no threshold."""
+    return {r: {"value": None, "ci_low": None, "ci_high": None} for r in RATES}
+
+
+def evaluate_operating_points(fitted: dict, test: Predictions, classes: list[str],
+                              ci_level: float) -> dict:
+    """``fitted`` with each point's test rates added (its thresholds on ``test.probs``, which
+    must be on the fitted scale)."""
+    out = {}
+    for name, record in fitted.items():
+        out[name] = dict(record)
+        if "skipped" in record:
+            continue
+        task = task_from_record(record, classes)
+        positive, scores = task.labels(test.y_true), task.scores(test.probs)
+        for key in POINTS:
+            threshold = record[key]["threshold"]
+            out[name][key] = {**record[key], "test": _undefined() if threshold is None
+                              else rates_with_intervals(positive, scores >= threshold,
+                                                        test.groups, ci_level)}
+    return out
+
+
+def decide(fitted: dict, probs: np.ndarray, classes: list[str]) -> dict:
+    """Per task, one image's decision at the shipped operating point: {positive, score,
+    threshold, operating_point, scale, val_sensitivity, val_specificity}; ``probs`` must be on
+    the fitted scale. A task without a threshold gets {positive: None, note}."""
+    out = {}
+    for name, record in fitted.items():
+        if "skipped" in record:
+            continue
+        point = record[record["decision"]]
+        common = {"operating_point": record["decision"], "scale": record["scale"],
+                  "threshold": point["threshold"]}
+        if point["threshold"] is None:
+            out[name] = {"positive": None, **common, "note": point["note"]}
+            continue
+        score = float(task_from_record(record, classes).scores(probs))
+        out[name] = {"positive": score >= point["threshold"], "score": score, **common,
+                     "val_sensitivity": point["val"]["sensitivity"],
+                     "val_specificity": point["val"]["specificity"]}
     return out

@@ -71,7 +71,10 @@ def _flatten(metrics: dict, malignant: str) -> dict:
         row[name] = interval["value"]
         row[f"{name}_ci_low"] = interval["ci_low"]
         row[f"{name}_ci_high"] = interval["ci_high"]
-        row[f"{name}_valid_resamples"] = interval["valid_resamples"]
+        # bootstrapped metrics count their valid resamples, proportions their count and n
+        for extra in ("valid_resamples", "count", "n"):
+            if extra in interval:
+                row[f"{name}_{extra}"] = interval[extra]
     return row
 
 

@@ -6,39 +6,46 @@ gradients the CAM left behind are dropped.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM
-from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from scipy import stats
 from torch.utils.data import DataLoader, Dataset
 
 from assurexray.console import progress
 from assurexray.data.datasets import CachedDataset
-from assurexray.training.models import cam_target_layer
+from assurexray.training.models import cam_reshape_transform, cam_target_layer
 
-# EigenCAM (first principal component of the activations) ignores the target class.
+# The CAM method registry (params.explain.method, `assurexray predict --cam-method`): name ->
+# pytorch-grad-cam class. EigenCAM (first principal component of the activations) ignores the
+# target class.
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
            "eigencam": EigenCAM}
 
 def compute_cams(model: torch.nn.Module, inputs: torch.Tensor, target_classes: Sequence[int],
-                 method: str = "gradcam") -> np.ndarray:
+                 method: str = "gradcam", layer: str | None = None) -> np.ndarray:
     """(N, H, W) float32 maps in [0, 1] at the model input resolution, one per input.
 
-    Each map is for its ``target_classes`` entry (the class logit is the target).
+    Each map is for its ``target_classes`` entry (the class logit is the target). ``layer``:
+    the dotted name of the target layer (None: the family's, ``cam_target_layer``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; expected one of {sorted(METHODS)}")
     targets = [ClassifierOutputTarget(int(c)) for c in target_classes]
+    target_layer = cam_target_layer(model) if layer is None else model.get_submodule(layer)
     device = next(model.parameters()).device
     was_training = model.training          # the CAM switches the model to eval mode
     maps = None
     try:
-        with METHODS[method](model=model, target_layers=[cam_target_layer(model)]) as cam:
+        with METHODS[method](model=model, target_layers=[target_layer],
+                             reshape_transform=cam_reshape_transform(model)) as cam:
             maps = cam(input_tensor=inputs.to(device), targets=targets)
     finally:
         model.zero_grad(set_to_none=True)
@@ -61,76 +68,123 @@ def batches(dataset: Dataset, batch_size: int,
 
 
 def cams_for_dataset(model: torch.nn.Module, dataset: Dataset, target_classes: np.ndarray,
-                     method: str, batch_size: int) -> np.ndarray:
+                     method: str, batch_size: int, layer: str | None = None) -> np.ndarray:
     """(N, H, W) CAMs of every dataset item for its ``target_classes`` entry."""
-    return np.concatenate([compute_cams(model, images, target_classes[part], method)
+    return np.concatenate([compute_cams(model, images, target_classes[part], method, layer)
                            for part, images in batches(dataset, batch_size)])
 
 
 def true_and_predicted_cams(model: torch.nn.Module, cache, image_ids: np.ndarray,
                             y_true: np.ndarray, y_pred: np.ndarray, transform, method: str,
-                            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+                            batch_size: int, layer: str | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
     """CAMs of cached images for their true and for their predicted class; the second pass
     runs only on the misclassified images (the maps are equal elsewhere)."""
     cams_true = cams_for_dataset(model, CachedDataset(cache, image_ids, y_true, transform),
-                                 y_true, method, batch_size)
+                                 y_true, method, batch_size, layer)
     cams_pred = cams_true.copy()
     wrong = np.flatnonzero(y_pred != y_true)
     if wrong.size:
         cams_pred[wrong] = cams_for_dataset(
             model, CachedDataset(cache, image_ids[wrong], y_pred[wrong], transform),
-            y_pred[wrong], method, batch_size)
+            y_pred[wrong], method, batch_size, layer)
     return cams_true, cams_pred
 
 
 def road_scores(model: torch.nn.Module, dataset: Dataset, cams: np.ndarray,
-                target_classes: np.ndarray, percentiles: Sequence[int], batch_size: int,
-                seed: int) -> dict[str, np.ndarray]:
+                content_boxes: Sequence[Sequence[float]], target_classes: np.ndarray,
+                percentiles: Sequence[int], batch_size: int, seed: int) -> dict[str, np.ndarray]:
     """ROAD (Rong et al. 2022) confidence changes, {"morf": (P, N), "lerf": (P, N)}.
 
-    At percentile p the (100 - p)% most relevant (MoRF) or least relevant (LeRF) pixels are
-    imputed by noisy linear interpolation; the value is the softmax probability of the target
-    class after minus before. A faithful map gives a large drop for MoRF and a small one for
-    LeRF. CAM ties (e.g. the zero floor after the ReLU) are broken at random with ``seed`` so
-    each percentile removes exactly its share of pixels; the imputation noise is seeded too.
+    At percentile p the (100 - p)% most relevant (MoRF) or least relevant (LeRF) content pixels
+    are imputed by pytorch-grad-cam's noisy linear imputer; the value is the softmax
+    probability of the target class after minus before. A faithful map gives a large drop for
+    MoRF and a small one for LeRF. Only the pixels inside each image's letterbox content box
+    (``content_boxes``, model-input frame) are ranked and imputed, on the content crop alone:
+    the zero padding holds no evidence, and ranking it would let LeRF "remove" padding for free
+    and let interpolation pull black into the image. CAM ties (e.g. the zero floor after the
+    ReLU) are broken at random with ``seed`` so each percentile removes exactly its share of
+    pixels; the imputation noise is seeded too.
     """
     rng = np.random.default_rng(seed)
-    ranked = np.stack([tie_broken_ranks(c, rng) for c in cams])
+    crops = [content_crop(box, cam.shape) for box, cam in zip(content_boxes, cams)]
+    ranks = [tie_broken_ranks(cam[crop], rng) for cam, crop in zip(cams, crops)]
     out = {"morf": [], "lerf": []}
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for part, batch in batches(dataset, batch_size, desc="road"):
             targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in target_classes[part]]
-            batch = batch.to(device)
-            with torch.inference_mode():  # the baseline once, not once per percentile
-                before = np.float32([t(o).item() for t, o in zip(targets, model(batch))])
-            for key, metric in (("morf", ROADMostRelevantFirst), ("lerf", ROADLeastRelevantFirst)):
-                out[key].append([metric(p)(batch, ranked[part], targets, model,
-                                           return_diff=False) - before for p in percentiles])
+            before = _target_scores(model, batch.to(device), targets)  # once, not per percentile
+            for key, most_relevant_first in (("morf", True), ("lerf", False)):
+                out[key].append([_target_scores(model, road_inputs(
+                    batch, ranks[part], crops[part], p, most_relevant_first).to(device), targets)
+                    - before for p in percentiles])
     return {k: np.concatenate(v, axis=1) for k, v in out.items()}
 
 
-def road_subset(n: int, max_images: int, seed: int) -> np.ndarray:
+def content_crop(box: Sequence[float], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """(rows, cols) of the pixels whose centre lies in ``box`` (as ``localization.box_mask``)."""
+    x0, y0, x1, y1 = box
+    return (slice(max(0, math.ceil(y0 - 0.5)), min(shape[0], math.ceil(y1 - 0.5))),
+            slice(max(0, math.ceil(x0 - 0.5)), min(shape[1], math.ceil(x1 - 0.5))))
+
+
+def road_inputs(batch: torch.Tensor, ranks: Sequence[np.ndarray],
+                crops: Sequence[tuple[slice, slice]], percentile: int,
+                most_relevant_first: bool) -> torch.Tensor:
+    """A copy of (N, C, H, W) ``batch`` with each image's content crop ROAD-imputed: the pixels
+    of ``ranks`` (crop-sized, in [0, 1]) outside the kept ``percentile`` are filled in, by
+    pytorch-grad-cam's rule (keep rank < the percentile; for LeRF of 1 - rank)."""
+    out = batch.detach().cpu().clone()
+    imputer = NoisyLinearImputer()
+    for image, rank, (rows, cols) in zip(out, ranks, crops):
+        score = rank if most_relevant_first else 1.0 - rank
+        keep = torch.from_numpy(np.float32(score < np.percentile(score, percentile)))
+        image[:, rows, cols] = imputer(image[:, rows, cols].contiguous(), keep)
+    return out
+
+
+def _target_scores(model: torch.nn.Module, inputs: torch.Tensor, targets) -> np.ndarray:
+    with torch.inference_mode():
+        return np.float32([t(o).item() for t, o in zip(targets, model(inputs))])
+
+
+def seeded_subset(n: int, max_images: int, seed: int) -> np.ndarray:
     """Sorted positions of a seeded random subset of ``max_images`` of ``n`` (0 = all of them).
 
-    ROAD costs two imputations and two forwards per percentile and image, so it runs on a
-    fixed-size sample while the localization scores cover every image.
+    ROAD (two imputations and two forwards per percentile and image) and the layer selection
+    (a CAM per candidate layer) run on a fixed-size sample.
     """
     if max_images <= 0 or max_images >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
 
 
-def road_summary(road: dict[str, np.ndarray], percentiles: Sequence[int]) -> dict:
-    """Mean confidence change per percentile, and ROAD's combined score: the mean over
-    percentiles of (LeRF - MoRF) / 2 (higher = more faithful; 0 = no better than chance)."""
+def road_summary(road: dict[str, np.ndarray], percentiles: Sequence[int],
+                 bootstrap_iterations: int = 1000, ci_level: float = 0.95, seed: int = 0) -> dict:
+    """Mean confidence change per percentile, and ROAD's combined score: the mean over images
+    of each image's mean over percentiles of (LeRF - MoRF) / 2 (higher = more faithful; 0 = no
+    better than chance), with a percentile bootstrap interval over the images (scipy; None
+    below two images)."""
+    per_image = ((road["lerf"] - road["morf"]) / 2).mean(axis=0)
+    low = high = None
+    if len(per_image) >= 2:
+        interval = stats.bootstrap((per_image,), np.mean, n_resamples=bootstrap_iterations,
+                                   confidence_level=ci_level, method="percentile",
+                                   random_state=seed).confidence_interval
+        low, high = float(interval.low), float(interval.high)
     return {
         "n": int(road["morf"].shape[1]),
         "percentiles": [int(p) for p in percentiles],
         "morf": {str(p): float(v) for p, v in zip(percentiles, road["morf"].mean(axis=1))},
         "lerf": {str(p): float(v) for p, v in zip(percentiles, road["lerf"].mean(axis=1))},
-        "combined": float(((road["lerf"] - road["morf"]) / 2).mean()),
+        "combined": float(per_image.mean()),
+        "combined_ci_low": low,
+        "combined_ci_high": high,
+        "ci_level": ci_level,
+        "ci_method": "percentile bootstrap over images",
+        "pixels": "letterbox content only",
     }
 
 

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from assurexray.data.cache import content_boxes
+
 PLATEAU_TOL = 1e-6
 _POLY_SHIFT = 4  # cv2.fillPoly fixed-point bits: vertices keep 1/16 pixel precision
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -41,24 +43,17 @@ def scale_lesions(lesions: Iterable[dict], factor: float) -> list[dict]:
             for les in lesions]
 
 
-def content_box(width: float, height: float, scale: float, pad_x: float,
-                pad_y: float) -> list[float]:
-    """The unpadded image area [x0, y0, x1, y1] inside a letterboxed frame (cache.letterbox)."""
-    return [pad_x, pad_y, pad_x + width * scale, pad_y + height * scale]
-
-
 def model_frame_annotations(cache, image_ids: Sequence[str],
                             image_size: int) -> tuple[list[list[dict]], list[list[float]]]:
-    """Lesions and content boxes of cached images, mapped into the model-input frame.
+    """Lesions and content boxes (``cache.content_box``) of cached images, mapped into the
+    model-input frame.
 
     ``cache`` is a ``cache.ImageCache`` (``.size``, ``.meta``, ``.lesions(id)``).
     """
     factor = image_size / cache.size
-    meta = cache.meta.set_index("image_id")
     lesions = [scale_lesions(cache.lesions(i), factor) for i in image_ids]
-    columns = ["width", "height", "scale", "pad_x", "pad_y"]
-    boxes = [[float(v) * factor for v in content_box(*meta.loc[i, columns])] for i in image_ids]
-    return lesions, boxes
+    boxes = content_boxes(cache.meta.set_index("image_id").loc[list(image_ids)])
+    return lesions, [[float(v) * factor for v in box] for box in boxes]
 
 
 def box_mask(boxes: Sequence[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:

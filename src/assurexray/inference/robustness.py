@@ -15,11 +15,11 @@ from collections.abc import Callable
 import albumentations as A
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
 from assurexray.console import progress
+from assurexray.data.cache import content_boxes
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.inference.runner import predict_images
@@ -85,18 +85,6 @@ def corruption(name: str, severity: int, severities: int, seed: int) -> tuple[A.
     return A.Compose([transform], seed=seed), {k: round(v, 4) for k, v in settings.items()}
 
 
-def content_boxes(meta: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """(n, 4) x0, y0, x1, y1 of the image content inside each letterboxed cache row.
-
-    Mirrors cache.letterbox: the resized side is max(1, round(side * scale)).
-    """
-    frame = meta.set_index("row").loc[rows]
-    w = np.maximum(1, np.round(frame["width"].to_numpy() * frame["scale"].to_numpy())).astype(int)
-    h = np.maximum(1, np.round(frame["height"].to_numpy() * frame["scale"].to_numpy())).astype(int)
-    x0, y0 = frame["pad_x"].to_numpy(int), frame["pad_y"].to_numpy(int)
-    return np.stack([x0, y0, x0 + w, y0 + h], axis=1)
-
-
 def corrupt_images(images: np.ndarray, boxes: np.ndarray, transform: A.Compose) -> np.ndarray:
     """A corrupted copy of (n, S, S) uint8 ``images``, each only inside its content box."""
     out = np.array(images, dtype=np.uint8, copy=True)
@@ -131,7 +119,7 @@ def evaluate_robustness(model: torch.nn.Module, cache, image_ids, labels: np.nda
     """
     rows = np.array([cache.row_of(i) for i in image_ids])
     images = np.asarray(cache.images[rows])
-    boxes = content_boxes(cache.meta, rows)
+    boxes = content_boxes(cache.meta.set_index("row").loc[rows])
     clean = summary(predict_images(model, ArrayCache(images, image_ids), image_ids, labels,
                                    classes, transform, batch_size, device))
     results = {}

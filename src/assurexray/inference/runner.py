@@ -16,7 +16,7 @@ from assurexray.data.cache import ImageCache
 from assurexray.data.datasets import CachedDataset
 from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.predictions import SplitPredictions
-from assurexray.training.checkpoint import load_checkpoint
+from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint
 from assurexray.training.models import default_device
 
 
@@ -44,11 +44,11 @@ def predict_logits(model: torch.nn.Module, data: Dataset | DataLoader, batch_siz
     return np.concatenate(chunks)
 
 
-def check_cache_size(meta: dict, cache, cache_dir) -> None:
+def check_cache_size(meta: CheckpointMeta, cache, cache_dir) -> None:
     """The model must see images letterboxed at the size it was trained on."""
-    if cache.size != meta["cache_size"]:
+    if cache.size != meta.cache_size:
         raise ValueError(f"{cache_dir}: cache images are {cache.size} px but the model was trained "
-                         f"on a {meta['cache_size']} px cache; rerun the train stage")
+                         f"on a {meta.cache_size} px cache; rerun the train stage")
 
 
 def load_for_inference(model_path: str | Path, cache_dir: str | Path):
@@ -58,7 +58,7 @@ def load_for_inference(model_path: str | Path, cache_dir: str | Path):
     model, meta = load_checkpoint(model_path, device)
     cache = ImageCache(cache_dir)
     check_cache_size(meta, cache, cache_dir)
-    return model, meta, cache, eval_transform(meta["image_size"], meta["mean"], meta["std"]), device
+    return model, meta, cache, eval_transform(meta.image_size, meta.mean, meta.std), device
 
 
 def predict_images(model: torch.nn.Module, cache, image_ids, labels: np.ndarray,

@@ -1,13 +1,16 @@
 """The model checkpoint contract: ``{"state_dict", "meta"}``, plain data only.
 
 Everything inside is a tensor or a primitive, so ``torch.load(..., weights_only=True)`` can read
-it and a checkpoint from elsewhere cannot run code on load. ``meta`` carries what every later
-stage needs to rebuild the model and its input pipeline without params.yaml.
+it and a checkpoint from elsewhere cannot run code on load. ``meta`` is a ``CheckpointMeta``
+stored with ``dataclasses.asdict``: what every later stage needs to rebuild the model and its
+input pipeline without params.yaml.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,32 +18,50 @@ import torch
 from torch import nn
 
 from assurexray.errors import AssureXRayError
+from assurexray.params import ParamsError, from_dict
 from assurexray.training.models import build_model
-
-# Keys every checkpoint's meta must hold (calibration adds ``temperature``); save_checkpoint
-# stamps the provenance keys itself.
-REQUIRED_META = ("backbone", "classes", "image_size", "cache_size", "mean", "std", "dropout",
-                 "params", "split", "epoch", "best_val_macro_auc")
-PROVENANCE_META = ("git_rev", "git_dirty", "created_at")
 
 
 class CheckpointError(AssureXRayError, ValueError):
     """A checkpoint file is unreadable, unsafe or lacks part of the contract."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """The checkpoint's metadata; fields without a default must be in every checkpoint."""
+    backbone: str                # timm model name
+    classes: list[str]           # in model output order
+    image_size: int              # model input side (px)
+    cache_size: int              # letterbox side of the cache the model was trained on
+    mean: list[float]            # input normalization, per channel
+    std: list[float]
+    dropout: float
+    params: dict                 # params.yaml as trained (params.to_dict)
+    split: str
+    epoch: int                   # the selected epoch, 0-based
+    best_val_macro_auc: float | None     # None when undefined (a class absent from validation)
+    temperature: float | None = None     # set by calibrate, fitted on validation logits
+    # Set by calibrate: evaluation.operating_points.fit_operating_points on the calibrated
+    # validation probabilities (plain data), the thresholds predict and the service decide at.
+    operating_points: dict | None = None
+    # Provenance, stamped by save_checkpoint.
+    git_rev: str | None = None
+    git_dirty: bool | None = None
+    created_at: str | None = None
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> None:
     """Write the weights and ``meta`` (stamped with git revision and time) atomically."""
     path = Path(path)
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: meta lacks {missing}")
-    meta = {**meta, **provenance()}
-    _check_plain(meta, "meta")
+    plain = dataclasses.asdict(dataclasses.replace(meta, **provenance()))
+    _check_plain(plain, "meta")
+    meta_from_dict(plain, path)  # what is written must load back
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_save({"state_dict": state, "meta": meta}, path)
+    atomic_save({"state_dict": state, "meta": plain}, path)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model (no pretrained download) and load the weights; eval mode."""
     path = Path(path)
     if not path.is_file():
@@ -51,17 +72,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or not {"state_dict", "meta"} <= set(payload):
         raise CheckpointError(f"{path}: expected a dict with 'state_dict' and 'meta'")
-    meta = payload["meta"]
-    missing = [k for k in REQUIRED_META + PROVENANCE_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: meta lacks {missing}")
-    model = build_model(meta["backbone"], len(meta["classes"]), pretrained=False,
-                        dropout=meta["dropout"])
+    meta = meta_from_dict(payload["meta"], path)
+    model = build_model(meta.backbone, len(meta.classes), pretrained=False, dropout=meta.dropout)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {meta['backbone']}: {exc}") from exc
+        raise CheckpointError(f"{path}: weights do not fit {meta.backbone}: {exc}") from exc
     return model.to(device).eval(), meta
+
+
+def meta_from_dict(raw, path: Path) -> CheckpointMeta:
+    """A stored meta mapping -> CheckpointMeta; CheckpointError names the file and the key."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: meta is a {type(raw).__name__}, not a mapping")
+    required = [f.name for f in dataclasses.fields(CheckpointMeta)
+                if f.default is dataclasses.MISSING]
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: meta lacks {missing}")
+    try:  # params' schema check: unknown keys and wrong types, named
+        return from_dict(CheckpointMeta, raw, "meta.")
+    except ParamsError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def atomic_save(obj, path: Path) -> None:

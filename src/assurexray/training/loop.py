@@ -1,5 +1,6 @@
 """The training loop, separate from the model: AdamW, per-step warmup + cosine schedule,
-early stopping on validation macro one-vs-rest AUC, dvclive logging and exact resume.
+early stopping on validation macro one-vs-rest AUC (validation loss if the AUC is undefined),
+dvclive logging and exact resume.
 
 After every epoch ``last.pt`` holds everything needed to continue (weights, optimizer,
 scheduler, scaler, RNG states, best weights so far, metric history) as plain data for
@@ -34,7 +35,7 @@ from assurexray.evaluation import metrics
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.params import Params, TrainParams, to_dict
 from assurexray.training import losses, models
-from assurexray.training.checkpoint import atomic_save
+from assurexray.training.checkpoint import CheckpointMeta, atomic_save
 from assurexray.training.losses import build_loss
 from assurexray.training.models import build_model, default_device
 
@@ -55,7 +56,8 @@ class SplitData:
 class TrainState:
     """Loop progress; plain data so it can live in last.pt."""
     epoch: int = 0  # the next epoch to run
-    best_metric: float = -math.inf
+    selection: str = "val_macro_auc"  # or "val_loss" once the AUC was undefined
+    best_metric: float = -math.inf  # the selection metric, signed so that higher is better
     best_epoch: int = -1
     bad_epochs: int = 0
     finished: bool = False
@@ -64,7 +66,7 @@ class TrainState:
 
 def train_classifier(params: Params, cache, classes: list[str], train: SplitData,
                      val: SplitData, resume_dir: str | Path, live_dir: str | Path
-                     ) -> tuple[nn.Module, dict]:
+                     ) -> tuple[nn.Module, CheckpointMeta]:
     """Train on ``train``, select on ``val``; return the best model (CPU) and checkpoint meta."""
     tp, mp = params.train, params.model
     if len(train.image_ids) < 2 or tp.epochs < 1:
@@ -89,10 +91,11 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     best_state, state = fit(model, criterion, train_loader, val_loader, tp, params.seed, device,
                             Path(resume_dir) / RESUME_FILE, live_dir, fingerprint)
     model.load_state_dict(best_state)
-    meta = {"backbone": mp.backbone, "classes": list(classes), "image_size": tp.image_size,
-            "cache_size": cache_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "dropout": mp.dropout, "params": to_dict(params), "split": params.split,
-            "epoch": state.best_epoch, "best_val_macro_auc": state.best_metric}
+    meta = CheckpointMeta(
+        backbone=mp.backbone, classes=list(classes), image_size=tp.image_size,
+        cache_size=cache_size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+        dropout=mp.dropout, params=to_dict(params), split=params.split,
+        epoch=state.best_epoch, best_val_macro_auc=state.history[state.best_epoch]["val_macro_auc"])
     return model.cpu().eval(), meta
 
 
@@ -123,9 +126,9 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config
                       **loop.validate(val_loader), "lr": scheduler.get_last_lr()[0]}
             _log_epoch(live, record)
             state.history.append(record)
-            if state.best_epoch < 0 or record["val_macro_auc"] > state.best_metric:
-                state.best_metric, state.best_epoch, state.bad_epochs = (
-                    record["val_macro_auc"], state.epoch, 0)
+            score = selection_score(record, state)
+            if state.best_epoch < 0 or score > state.best_metric:
+                state.best_metric, state.best_epoch, state.bad_epochs = score, state.epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 state.bad_epochs += 1
@@ -135,10 +138,22 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config
             state.finished = state.epoch >= config.epochs or 0 < config.patience <= state.bad_epochs
             loop.save(resume_path, fingerprint, state, best_state)
         if state.bad_epochs and state.epoch < config.epochs:
-            log.info("early stop: no val AUC gain for %d epochs", state.bad_epochs)
+            log.info("early stop: no %s gain for %d epochs", state.selection, state.bad_epochs)
         live.summary["best_epoch"] = state.best_epoch
-        live.summary["best_val_macro_auc"] = state.best_metric
+        live.summary["best_val_macro_auc"] = state.history[state.best_epoch]["val_macro_auc"]
+        live.summary["selection_metric"] = state.selection
     return best_state, state
+
+
+def selection_score(record: dict, state: TrainState) -> float:
+    """This epoch's model-selection score (higher is better): the validation macro AUC, or
+    minus the validation loss once the AUC has been undefined (NaN never beats a best, so
+    selection would freeze on the first epoch); the switch restarts the search for the best."""
+    if state.selection == "val_macro_auc" and not math.isfinite(record["val_macro_auc"]):
+        log.warning("validation macro AUC is undefined (a class without validation images?); "
+                    "selecting the model on validation loss from epoch %d on", state.epoch + 1)
+        state.selection, state.best_epoch, state.best_metric = "val_loss", -1, -math.inf
+    return record["val_macro_auc"] if state.selection == "val_macro_auc" else -record["val_loss"]
 
 
 @dataclass
@@ -208,8 +223,8 @@ class Loop:
             self.scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
         state = TrainState(**saved["state"])
-        log.info("%s: resuming at epoch %d (best val AUC %.4f at epoch %d)", path,
-                 state.epoch + 1, state.best_metric, state.best_epoch + 1)
+        log.info("%s: resuming at epoch %d (best epoch %d by %s)", path, state.epoch + 1,
+                 state.best_epoch + 1, state.selection)
         return state, saved["best_model"]
 
 

@@ -2,7 +2,7 @@
 (about half the images are Normal, a sixth Malignant)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +35,38 @@ def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
     return (counts.sum() / (len(counts) * counts)).float()
 
 
+# The loss registry (params.train.loss): name -> builder(class counts, focal gamma).
+LossBuilder = Callable[[Sequence[int], float], nn.Module]
+LOSSES: dict[str, LossBuilder] = {}
+
+
+def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
+    """Decorator adding a loss builder under ``name``."""
+    def add(builder: LossBuilder) -> LossBuilder:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = builder
+        return builder
+    return add
+
+
+@register_loss("weighted_ce")
+def _weighted_ce(class_counts: Sequence[int], gamma: float) -> nn.Module:
+    return nn.CrossEntropyLoss(weight=inverse_frequency_weights(class_counts))
+
+
+@register_loss("ce")
+def _ce(class_counts: Sequence[int], gamma: float) -> nn.Module:
+    return nn.CrossEntropyLoss()
+
+
+@register_loss("focal")
+def _focal(class_counts: Sequence[int], gamma: float) -> nn.Module:
+    return FocalLoss(gamma)
+
+
 def build_loss(name: str, class_counts: Sequence[int], gamma: float = 2.0) -> nn.Module:
-    """``weighted_ce`` (default), ``ce`` or ``focal`` (params.train.loss)."""
-    if name == "weighted_ce":
-        return nn.CrossEntropyLoss(weight=inverse_frequency_weights(class_counts))
-    if name == "ce":
-        return nn.CrossEntropyLoss()
-    if name == "focal":
-        return FocalLoss(gamma)
-    raise ValueError(f"unknown loss {name!r}: expected weighted_ce, ce or focal")
+    """The registered loss ``name`` (``weighted_ce`` is the default of params.train.loss)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")
+    return LOSSES[name](class_counts, gamma)

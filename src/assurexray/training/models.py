@@ -1,7 +1,12 @@
-"""Classifier construction through timm, local weight loading and Grad-CAM target layers."""
+"""Classifier construction through timm, local weight loading, and the model-family registry
+that gives each family its Grad-CAM target layer."""
 from __future__ import annotations
 
+import functools
 import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -11,6 +16,8 @@ from timm.models.densenet import DenseNet
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 from timm.models.resnet import ResNet
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from assurexray.errors import AssureXRayError
@@ -96,25 +103,129 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         log.info("%s: classifier head '%s' kept freshly initialised", path, head[:-1])
 
 
-def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The Grad-CAM target layer: a late layer with a spatial (N, C, h, w) output."""
-    if isinstance(model, EfficientNet):
-        # The second-to-last block stage (stride 32, before the last stage and the 1x1 head):
-        # on the default twin its CAM hit the lesion box 2x as often as bn2's (0.33 vs 0.17
-        # pointing game on correct tumour images, chance 0.05); the head's maps follow the
-        # strongest class evidence rather than each lesion.
-        return model.blocks[-2]
-    if isinstance(model, MobileNetV3):
-        return model.blocks[-1]  # conv_head runs after global pooling here: not spatial
-    if isinstance(model, ResNet):
-        return model.layer4[-1]
-    if isinstance(model, DenseNet):
-        return model.features.norm5
-    if isinstance(model, ConvNeXt):
-        return model.stages[-1]
+# --------------------------------------------------------------------------- CAM families
+# A family tells Grad-CAM which late layer to read and, for transformers, how to turn its
+# token output into an (N, C, h, w) map (pytorch-grad-cam's ``reshape_transform``). Families
+# are matched on the timm model class, so every variant of an architecture (tf_*, *d, ...)
+# shares the entry; a model of no registered family falls back to timm's ``feature_info``.
+
+ReshapeTransform = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How Grad-CAM reads one timm model family."""
+    name: str
+    model_class: type[nn.Module]
+    cam_layer: str                    # dotted module path; negative integers index from the end
+    reshape_transform: ReshapeTransform | None = None   # (model, layer output) -> NCHW
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> None:
+    """Add a family to the registry (the name must be new)."""
+    if family.name in FAMILIES:
+        raise ValueError(f"model family {family.name!r} is already registered")
+    FAMILIES[family.name] = family
+
+
+def vit_tokens_to_map(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(N, prefix + h*w, C) ViT tokens -> (N, C, h, w): drop the class (and register) tokens,
+    lay the patch tokens on their square grid (the inputs here are always square)."""
+    patches = tokens[:, model.num_prefix_tokens:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+    return patches.reshape(len(tokens), side, side, -1).permute(0, 3, 1, 2)
+
+
+def nhwc_to_nchw(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Swin stages keep (N, H, W, C) features."""
+    return features.permute(0, 3, 1, 2)
+
+
+# The a-priori EfficientNet layer: the second-to-last block stage (stride 32, before the last
+# stage and the 1x1 head, whose maps tend to follow the strongest class evidence rather than
+# each lesion). The explain stage compares it with other candidates (cam_candidate_layers) on
+# annotated validation images and records the choice; no test figure picked it.
+register_family(Family("efficientnet", EfficientNet, "blocks.-2"))
+# conv_head runs after global pooling in MobileNetV3: the last block stage is the spatial one.
+register_family(Family("mobilenetv3", MobileNetV3, "blocks.-1"))
+register_family(Family("resnet", ResNet, "layer4.-1"))
+register_family(Family("densenet", DenseNet, "features.norm5"))
+register_family(Family("convnext", ConvNeXt, "stages.-1"))
+# The last block's output reaches the logits through the class token only, so its patch
+# tokens get no gradient; the norm before its attention still does (pytorch-grad-cam's choice).
+register_family(Family("vit", VisionTransformer, "blocks.-1.norm1", vit_tokens_to_map))
+register_family(Family("swin", SwinTransformer, "layers.-1", nhwc_to_nchw))
+
+
+def model_family(model: nn.Module) -> Family | None:
+    """The registered family of ``model``, or None."""
+    return next((f for f in FAMILIES.values() if isinstance(model, f.model_class)), None)
+
+
+def cam_layer_name(model: nn.Module) -> str:
+    """The dotted name of the Grad-CAM target layer: a late layer with a spatial output.
+
+    A registered family names it; any other timm model uses its last ``feature_info`` stage
+    (the deepest features timm itself exposes: spatial for CNNs; a transformer outside the
+    registry needs an entry with its ``reshape_transform``).
+    """
+    family = model_family(model)
+    if family is not None:
+        return _resolve(model, family.cam_layer)
+    stages = getattr(model, "feature_info", None)
+    if stages:
+        return stages[-1]["module"]
     name = getattr(model, "backbone_name", type(model).__name__)
-    raise ValueError(f"no Grad-CAM target layer known for backbone {name!r}; supported "
-                     "families: efficientnet*, mobilenetv3*, resnet*, densenet*, convnext*")
+    raise ValueError(f"no Grad-CAM target layer known for backbone {name!r}: not a registered "
+                     f"family ({', '.join(FAMILIES)}) and no timm feature_info")
+
+
+def cam_target_layer(model: nn.Module) -> nn.Module:
+    """The Grad-CAM target layer module (see ``cam_layer_name``)."""
+    return model.get_submodule(cam_layer_name(model))
+
+
+def cam_candidate_layers(model: nn.Module, stages: int = 2) -> list[str]:
+    """Grad-CAM layers worth comparing on validation images: ``cam_layer_name`` (the a-priori
+    choice) first, then timm's ``stages`` deepest ``feature_info`` stages (all spatial and of
+    the family's layout, so the same ``cam_reshape_transform`` applies). A container whose
+    output is its last child's (``layer4`` and ``layer4.1``) is listed once, first name kept."""
+    names = [cam_layer_name(model)]
+    names += [info["module"] for info in (getattr(model, "feature_info", None) or [])[-stages:]]
+    seen, out = set(), []
+    for name in names:
+        module = model.get_submodule(name)
+        while isinstance(module, nn.Sequential) and len(module):  # same output as its last child
+            module = module[-1]
+        if id(module) not in seen:
+            seen.add(id(module))
+            out.append(name)
+    return out
+
+
+def cam_reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """pytorch-grad-cam's ``reshape_transform`` for ``model``'s target layer (None: NCHW)."""
+    family = model_family(model)
+    if family is None or family.reshape_transform is None:
+        return None
+    return functools.partial(family.reshape_transform, model)
+
+
+def _resolve(model: nn.Module, path: str) -> str:
+    """A dotted path with negative indices ('blocks.-2') -> the module's own name ('blocks.5')."""
+    module, names = model, []
+    for part in path.split("."):
+        if part.lstrip("-").isdigit():
+            index = int(part)
+            part = str(index % len(module) if index < 0 else index)
+        module = module.get_submodule(part)
+        names.append(part)
+    return ".".join(names)
 
 
 def default_device() -> torch.device:

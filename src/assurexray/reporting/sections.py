@@ -1,0 +1,231 @@
+"""Context builders shared by the model card and the run report.
+
+Each builder turns a loaded metrics file into plain values for a macro of
+templates/_sections.md.j2; a key the file lacks raises MissingKey (see inputs.guarded).
+"""
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+import yaml
+
+from assurexray.errors import AssureXRayError
+from assurexray.params import Params
+from assurexray.reporting.inputs import Inputs, when_available
+from assurexray.reporting.render import ci, defined, header, num, short
+
+OPERATING_POINTS = ("youden", "sensitivity_target", "specificity_target")
+GENERATOR = "the report stage (`stages/report.py`, `dvc repro report`)"
+PUBLISHED_FILE = "published.yaml"
+DOI = re.compile(r"^10\.\d{4,9}/\S+$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+# --------------------------------------------------------------------------- published figures
+
+class CitationError(AssureXRayError, ValueError):
+    """An external figure in published.yaml without a usable citation."""
+
+
+def citation_text(citation: dict, where: str) -> str:
+    """'doi 10.x/y' or 'repository@commit:file'; CitationError when neither is complete."""
+    doi = citation.get("doi") if isinstance(citation, dict) else None
+    if isinstance(doi, str) and DOI.match(doi):
+        return f"doi {doi}"
+    parts = [citation.get(k) if isinstance(citation, dict) else None
+             for k in ("repository", "commit", "file")]
+    if all(isinstance(p, str) and p for p in parts) and COMMIT.match(parts[1]):
+        return f"{parts[0]} at commit {parts[1]}, file `{parts[2]}`"
+    raise CitationError(f"{PUBLISHED_FILE}: {where} has no citation (a paper doi, or repository, "
+                        "40-hex commit and file)")
+
+
+def published(text: str | None = None) -> dict:
+    """The dataset reference and the published results, each figure with its citation."""
+    data = yaml.safe_load(text if text is not None else _published_text())
+    dataset = data["dataset"]
+    rows = []
+    for i, r in enumerate(data["results"]):
+        if not r.get("figures"):
+            raise CitationError(f"{PUBLISHED_FILE}: results[{i}] ({r.get('work')}) states no figure")
+        rows.append([r["work"], r["split"], r["model"],
+                     ", ".join(f"{f['figure']} {num(f['value'])}" for f in r["figures"]),
+                     citation_text(r.get("citation"), f"results[{i}] ({r['work']})")])
+    return {"dataset": f"{dataset['reference']}, {citation_text(dataset['citation'], 'dataset')}",
+            "licence": dataset["licence"], "rows": rows}
+
+
+@cache
+def _published_text() -> str:
+    return resources.files("assurexray.reporting").joinpath(PUBLISHED_FILE).read_text("utf-8")
+
+
+# --------------------------------------------------------------------------- header, data
+
+def document_header(title: str, inputs: Inputs) -> dict:
+    """The shared header plus the data-source line of the card and the report."""
+    info = inputs.info
+    source = info.data.get("source") if info.available else None
+    why = (f"{info.path} has no key 'source'" if info.available
+           else f"{info.path} {info.problem}: run `dvc repro`")
+    return {"header": header(title, GENERATOR, "the pipeline's metrics files", source, why),
+            "info": {"source": info.data.get("source", "unknown"),
+                     "classes": info.data.get("classes", [])} if info.available else None}
+
+
+def split_design(params: Params) -> dict:
+    """The split strategy from params.yaml (rendered by the split_design macro)."""
+    o = params.split_options
+    return {"split": params.split, "train_centers": o.train_centers,
+            "val_fraction": o.center_val_fraction, "fractions": "/".join(map(short, o.fractions))}
+
+
+def partitions(split: dict, names: tuple[str, ...]) -> dict:
+    """Images, groups, per class and per center for each partition (a table)."""
+    classes = list(split[names[0]]["by_class"])
+    rows = [[p, split[p]["images"], split[p]["groups"], *(split[p]["by_class"][c] for c in classes),
+             ", ".join(f"{c}: {n}" for c, n in split[p]["by_center"].items()) or "none"]
+            for p in names]
+    return {"header": ["partition", "images", "groups", *classes, "images by center"], "rows": rows}
+
+
+# --------------------------------------------------------------------------- results
+
+def headline(analysis: dict) -> dict:
+    """Test metrics with grouped bootstrap intervals, overall and per class."""
+    test = analysis["test"]
+    return {"n_images": test["n_images"], "n_groups": test["n_groups"],
+            "level": analysis["ci_level"], "method": analysis["method"],
+            "iterations": analysis["iterations"], "seed": analysis["seed"],
+            "note": test.get("note"),
+            "overall": [[name, ci(test[key])] for key, name in
+                        (("macro_auc", "macro AUC (one-vs-rest)"), ("accuracy", "accuracy"),
+                         ("balanced_accuracy", "balanced accuracy"))],
+            "classes": [[c, ci(test["auc"][c]), ci(test["sensitivity"][c]),
+                         ci(test["specificity"][c])] for c in test["auc"]]}
+
+
+def target_text(key: str, point: dict) -> str:
+    if key == "youden":
+        return "Youden (max sensitivity + specificity - 1)"
+    return f"{key.split('_')[0]} >= {num(point['target'], 2)}"
+
+
+def missed_targets(analysis: dict) -> list[str]:
+    """Operating-point targets not met on validation (the file's note) or on test."""
+    out = []
+    for task, points in analysis["operating_points"].items():
+        for key in () if "skipped" in points else ("sensitivity_target", "specificity_target"):
+            point, rate = points[key], key.split("_")[0]
+            achieved = point["test"][rate]["value"]
+            if point["note"]:
+                out.append(f"{task} {target_text(key, point)}: {point['note']}.")
+            elif not defined(achieved) or achieved < point["target"]:
+                out.append(f"{task} {target_text(key, point)}: met on validation, but test "
+                           f"{rate} is {num(achieved)} (threshold chosen on validation).")
+    return out
+
+
+def operating_points(analysis: dict) -> dict:
+    """Per binary task: the three operating points (or why the task was skipped)."""
+    tasks = []
+    for task, points in analysis["operating_points"].items():
+        if "skipped" in points:
+            tasks.append({"name": task, "skipped": points["skipped"]})
+            continue
+        rows = [[target_text(k, points[k]), num(points[k]["threshold"], 4),
+                 *(num(points[k]["val"][r]) for r in ("sensitivity", "specificity")),
+                 *(ci(points[k]["test"][r]) for r in ("sensitivity", "specificity", "ppv", "npv"))]
+                for k in OPERATING_POINTS]
+        tasks.append({"name": task, "skipped": None, "score": points["score"], "rows": rows,
+                      "decision": points.get("decision")})
+    scales = sorted({p["scale"] for p in analysis["operating_points"].values() if "scale" in p})
+    return {"level": analysis["ci_level"], "tasks": tasks, "missed": missed_targets(analysis),
+            "method": analysis.get("methods", {}).get("operating_points", "grouped bootstrap"),
+            "scales": scales}
+
+
+def calibration_summary(cal: dict) -> dict:
+    test = cal["test"]
+    return {"temperature": cal["temperature"], "n_bins": cal["n_bins"],
+            "ece": [test["before"]["ece"], test["after"]["ece"]],
+            "nll": [test["before"]["nll"], test["after"]["nll"]]}
+
+
+def robustness_summary(rob: dict) -> dict:
+    return {"clean_auc": rob["clean"]["macro_auc"], "drop": rob["worst_macro_auc_drop"],
+            "worst": rob["worst_corruption"], "severities": rob["severities"]}
+
+
+def vs_chance(g: dict) -> str:
+    if not g["n"] or not defined(g.get("pointing_game")):
+        return "n/a"
+    if g["pointing_game"] > g["chance"]:
+        ratio = f" (x{num(g['pointing_game'] / g['chance'], 2)})" if g["chance"] else ""
+        return "above chance" + ratio
+    return "not above chance"
+
+
+def gradcam_summary(explain: dict) -> dict:
+    """The headline localization figures; ``localized`` False when the explain stage had no
+    annotated test image (null localization section)."""
+    base = {"method": explain["method"], "n_annotated": explain["n_annotated"]}
+    loc = explain["localization"]
+    if loc is None:
+        return {**base, "localized": False}
+    o, good, bad = (loc["true_class"][k] for k in ("overall", "correct", "incorrect"))
+    return {**base, "localized": True, "pointing_game": o.get("pointing_game"),
+            "chance": o.get("chance"), "vs_chance": vs_chance(o),
+            "energy": o.get("energy_pointing"), "correct": [good.get("pointing_game"), good["n"]],
+            "incorrect": [bad.get("pointing_game"), bad["n"]]}
+
+
+# --------------------------------------------------------------------------- caveats
+
+def run_specific_caveats(inputs: Inputs) -> list[str]:
+    """Caveats that depend on this run's files (none from a missing file)."""
+    out = []
+    if inputs.info.available and inputs.info.data.get("source") == "synthetic":
+        out.append("- This run used the synthetic BTXRD twin: its numbers validate the pipeline, "
+                   "not any model of real radiographs.")
+    if inputs.params.split == "stratified":
+        out.append("- Stratified split: the test images come from the training centers, so the "
+                   "results do not measure transfer to a new center (run the center-holdout "
+                   "split: `dvc exp run -S split=center`).")
+    out += when_available(inputs.split, _leakage_caveat)
+    out += when_available(inputs.subgroups, _subgroup_caveat)
+    out += when_available(inputs.analysis, lambda a: [f"- Operating point {m}"
+                                                      for m in missed_targets(a)])
+    out += when_available(inputs.explain, _gradcam_caveat)
+    return out
+
+
+def _leakage_caveat(split: dict) -> list[str]:
+    leak = split["leakage"]
+    crossing = leak["groups_crossing_partitions"] + leak["dup_clusters_crossing_partitions"]
+    return [f"- **Leakage check failed**: {leak['groups_crossing_partitions']} patient group(s) "
+            f"and {leak['dup_clusters_crossing_partitions']} duplicate cluster(s) span two "
+            "partitions; the test results are optimistic."] if crossing else []
+
+
+def _subgroup_caveat(rows: list[dict]) -> list[str]:
+    small = [r for r in rows if r["small"]]
+    return [f"- {len(small)} subgroup level(s) are small (flagged in the subgroup table): their "
+            "intervals are wide and their point estimates unreliable."] if small else []
+
+
+def _gradcam_caveat(explain: dict) -> list[str]:
+    if explain["localization"] is None:
+        return ["- No test image had a usable lesion annotation: Grad-CAM localization and "
+                "faithfulness were not measured."]
+    overall = explain["localization"]["true_class"]["overall"]
+    if not overall["n"] or not defined(overall.get("pointing_game")):
+        return []
+    if overall["pointing_game"] <= overall["chance"]:
+        return [f"- Grad-CAM pointing game {num(overall['pointing_game'])} does not beat its "
+                f"chance level {num(overall['chance'])}: the maps do not show that the model "
+                "looks at the lesion."]
+    return []
+
