@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from assurexray.anomaly import gallery
-from assurexray.anomaly.checkpoint import load_autoencoder
+from assurexray.anomaly.checkpoint import check_cache_size, load_autoencoder
 from assurexray.anomaly.data import input_tensors
 from assurexray.anomaly.evaluation import evaluate_scores, localization, score_table
 from assurexray.anomaly.identity import identity_check
@@ -21,7 +21,6 @@ from assurexray.data.schema import read_index
 from assurexray.evaluation.bootstrap import read_groups
 from assurexray.evaluation.predictions import write_json
 from assurexray.explain.localization import model_frame_annotations
-from assurexray.inference.runner import check_cache_size
 from assurexray.params import load_params
 from assurexray.training.models import default_device
 

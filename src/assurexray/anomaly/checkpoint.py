@@ -53,3 +53,10 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {meta['arch']}: {exc}") from exc
     return model.to(device).eval(), meta
+
+
+def check_cache_size(meta: dict, cache, cache_dir) -> None:
+    """The autoencoder must see images letterboxed at the size it was trained on."""
+    if cache.size != meta["cache_size"]:
+        raise CheckpointError(f"{cache_dir}: cache images are {cache.size} px but the autoencoder "
+                              f"was trained on a {meta['cache_size']} px cache; rerun anomaly_train")
