@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from assurexray.anomaly.compare import classifier_scores, comparison, comparison_markdown, curves
+from assurexray.anomaly.compare import classifier_scores, comparison, comparison_context, curves
 from assurexray.anomaly.data import normal_index
 from assurexray.console import run_main
 from assurexray.data.schema import DatasetInfo
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.predictions import read_predictions, write_json
 from assurexray.params import load_params
+from assurexray.reporting.render import header, render
 
 log = logging.getLogger("anomaly_summary")
 
@@ -50,7 +51,11 @@ def main() -> None:
     write_json(args.plots / "roc.json", roc)
     write_json(args.plots / "pr.json", pr)
     args.comparison.parent.mkdir(parents=True, exist_ok=True)
-    args.comparison.write_text(comparison_markdown(comp, evaluations, info.source == "synthetic"))
+    args.comparison.write_text(render(
+        "anomaly_comparison.md.j2", **comparison_context(comp, evaluations),
+        header=header("Anomaly detection beside the classifier",
+                      "the anomaly_summary stage (`stages/anomaly_summary.py`)",
+                      "`metrics/anomaly.json`", info.source)))
     for model, m in comp.items():
         log.info("%s: tumour-vs-normal AUC %.3f (%.3f-%.3f)", model, m["auc"]["value"],
                  m["auc"]["ci_low"], m["auc"]["ci_high"])

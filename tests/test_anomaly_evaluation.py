@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from assurexray.anomaly.compare import CLASSIFIER, comparison, comparison_rows, curves
+from assurexray.anomaly.compare import CLASSIFIER, comparison, comparison_context, curves
 from assurexray.anomaly.evaluation import evaluate_scores
 from assurexray.params import AnalysisParams
+from assurexray.reporting.render import header, render
 
 ANALYSIS = AnalysisParams(bootstrap_iterations=200)
 
@@ -54,8 +55,14 @@ def test_comparison_is_paired_with_the_classifier():
     assert diff["ci_high"] < 0
     assert comp["reversed"]["auc"]["value"] == pytest.approx(evaluation["auc"]["mse"]["value"])
     assert comp["reversed"]["localization"]["pointing_game"] == 0.4
-    rows = comparison_rows(comp)
-    assert len(rows) == 2 + 2 and rows[-1].startswith("| classifier |")
+    evaluation["identity"] = {"n": 4, "lesion_copy": 0.1, "error_ratio": 3.0,
+                              "pointing_game": 0.5, "chance": 0.1}
+    doc = render("anomaly_comparison.md.j2", **comparison_context(comp, {"reversed": evaluation}),
+                 header=header("Anomaly", "a test", "nothing", "synthetic"))
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1].startswith("| reversed | mse | ") and rows[2].startswith("| classifier | ")
+    assert "| reversed | 4 | 0.10 | 3.00 | 0.500 | 0.100 |" in doc
+    assert "Research use only" in doc
     roc, _ = curves({"reversed": test}, {"reversed": evaluation}, classifier, "Normal")
     assert {r["class"] for r in roc} == {"reversed", CLASSIFIER}
 

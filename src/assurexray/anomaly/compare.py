@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.anomaly.evaluation import auc_interval, resample_weights
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.bootstrap import summarize
@@ -94,50 +93,15 @@ def curves(tables: dict[str, pd.DataFrame], evaluations: dict[str, dict],
     return roc, pr
 
 
-def _interval(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    ci = "" if m.get("ci_low") is None else f" ({m['ci_low']:.3f} to {m['ci_high']:.3f})"
-    return f"{m['value']:.3f}{ci}"
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def comparison_rows(comp: dict) -> list[str]:
-    """Markdown table (header included): one row per model."""
+def comparison_context(comp: dict, evaluations: dict[str, dict]) -> dict:
+    """Plain values for ``reporting/templates/anomaly_comparison.md.j2`` (numbers unformatted:
+    the template's filters format them)."""
     classes = sorted({c for m in comp.values() for c in m["auc_by_class"]})
-    head = (["model", "score", "AUC tumour vs normal (95% CI)", "AUC minus classifier"]
-            + [f"AUC {c} vs normal" for c in classes]
-            + ["pointing game", "chance", "energy in boxes", "IoU box"])
-    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for model, m in comp.items():
-        loc = m["localization"]
-        cells = ([model, m["score"], _interval(m["auc"]), _interval(m.get("auc_minus_classifier"))]
-                 + [_interval(m["auc_by_class"].get(c)) for c in classes]
-                 + [_num(loc.get(k)) for k in ("pointing_game", "chance", "energy_pointing",
-                                              "iou_box")])
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
-
-
-def comparison_markdown(comp: dict, evaluations: dict[str, dict], synthetic: bool) -> str:
-    """The report section: the comparison table and each autoencoder's identity check."""
-    lines = ["## Anomaly detection beside the classifier", "", f"> {NOT_FOR_CLINICAL_USE}", ""]
-    if synthetic:
-        lines += ["> Figures from the synthetic BTXRD twin, not BTXRD results.", ""]
-    lines += ["Autoencoders trained on normal training images only; the classifier's score is "
-              "1 - P(Normal). Same test images, same grouped bootstrap resamples (95% CI; the "
-              "difference to the classifier is paired). Localization: anomaly map (smoothed "
-              "error) or Grad-CAM of the true class against the lesion boxes.", ""]
-    lines += comparison_rows(comp)
-    lines += ["", "Identity check (validation normals with a drawn lesion; lesion copy 1 = the "
-              "lesion is reconstructed, 0 = removed):", "",
-              "| autoencoder | lesion copy | lesion/background error | pointing game | chance |",
-              "| --- | --- | --- | --- | --- |"]
-    for arch, ev in evaluations.items():
-        i = ev["identity"]
-        lines.append(f"| {arch} | {i['lesion_copy']:.2f} | {i['error_ratio']:.2f} | "
-                     f"{i['pointing_game']:.3f} | {i['chance']:.3f} |")
-    return "\n".join(lines) + "\n"
+    models = [{"name": name, "score": m["score"], "auc": m["auc"],
+               "auc_minus_classifier": m.get("auc_minus_classifier"),
+               "by_class": [m["auc_by_class"].get(c) for c in classes],
+               "localization": m["localization"]} for name, m in comp.items()]
+    identity = [{"arch": arch, **{k: ev["identity"][k] for k in
+                                  ("n", "lesion_copy", "error_ratio", "pointing_game", "chance")}}
+                for arch, ev in evaluations.items()]
+    return {"classes": classes, "models": models, "identity": identity}
