@@ -1,5 +1,7 @@
 # Sourced by the other scripts: create .venv if missing, install the pinned requirements
-# once (re-run only when requirements.txt or pyproject.toml change), then activate it.
+# under requirements.lock (every transitive dependency at the version the committed run used)
+# once (re-run only when requirements.txt, requirements.lock or pyproject.toml change), then
+# activate it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -8,10 +10,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.assurexray-installed
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo ">> installing pinned requirements into .venv (first time: a few minutes)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi

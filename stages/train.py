@@ -1,5 +1,6 @@
 """Train stage: fit the classifier on the train split, keep the best epoch by val macro AUC."""
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
+    if params.train.seed is not None:  # vary training alone: data, split and evaluation keep theirs
+        params = dataclasses.replace(params, seed=params.train.seed)
     classes = DatasetInfo.load(args.info).classes
     train, val = (SplitData(*read_split(args.splits / f"{part}.csv", classes))
                   for part in ("train", "val"))

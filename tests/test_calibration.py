@@ -15,6 +15,7 @@ from assurexray.evaluation.calibration import (
     nll,
     reliability_bins,
     reliability_rows,
+    temperature_scaling_report,
 )
 
 K = 3
@@ -82,6 +83,17 @@ def test_temperature_fit_on_validation_transfers_to_test():
     test_logits, test_y = overconfident_logits(7)
     t = fit_temperature(val_logits, val_y)
     assert nll(test_logits, test_y, t) < nll(test_logits, test_y)
+
+
+def test_report_fits_the_temperature_on_validation_not_test():
+    """Validation overconfident (T near 4), test calibrated (T near 1): only a fit on
+    validation gives the report's T, so swapping or pooling the two would fail here."""
+    val_logits, val_y = overconfident_logits(9, scale=4.0)
+    test_logits, test_y = overconfident_logits(10, scale=1.0)
+    report = temperature_scaling_report(val_logits, val_y, test_logits, test_y, 15)
+    assert report["temperature"] == pytest.approx(fit_temperature(val_logits, val_y))
+    assert report["temperature"] > 2.5 and fit_temperature(test_logits, test_y) < 1.5
+    assert report["val"]["after"]["nll"] < report["val"]["before"]["nll"]
 
 
 def test_temperature_one_is_a_no_op_and_calibrated_logits_keep_t_near_one():

@@ -7,8 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from assurexray.evaluation.calibration import fit_temperature
+from assurexray.evaluation.predictions import read_predictions
+from assurexray.params import RUNTIME_KEYS
+
+pytestmark = pytest.mark.slow  # full `dvc repro` runs: deselect with -m 'not slow' for a quick loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,13 +46,13 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def init_project(root: Path, overrides: dict) -> Path:
+    """A git + DVC repository at ``root`` with this checkout's pipeline and code, and
+    params.yaml = the repository's with ``overrides`` merged in."""
     for name in ("stages", "src", "data/external"):  # data/external: the default data.tracked_path
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "ci@example.org"], root)
@@ -54,6 +61,11 @@ def project(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny project"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return init_project(tmp_path_factory.mktemp("project"), TINY)
 
 
 def test_repro_experiment_and_metrics_diff(project):
@@ -70,12 +82,12 @@ def test_repro_experiment_and_metrics_diff(project):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)
 
-    # An evaluation-only param reruns evaluation, never training.
+    # An evaluation-only param reruns its evaluation stage, never training.
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"]["batch_size"] += 1
+    params["robustness"]["severities"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dry = run(["dvc", "repro", "--dry"], project)
-    assert "Running stage 'evaluate'" in dry
+    assert "Running stage 'robustness'" in dry
     assert "Running stage 'train'" not in dry
     run(["git", "checkout", "params.yaml"], project)
 
@@ -88,3 +100,31 @@ def test_repro_experiment_and_metrics_diff(project):
     split = json.loads((project / "metrics/split.json").read_text())
     assert split["test"]["images"] > 0
     assert set(split["test"]["by_center"]) <= {"2", "3"}, "center split tested on center 1"
+
+
+def test_runtime_settings_leave_dvc_status_clean(project):
+    run(["dvc", "repro"], project)  # a no-op after the test above; the full run when run alone
+    path = project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    for key in RUNTIME_KEYS:
+        section, leaf = key.split(".")
+        params[section][leaf] += 1
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert "up to date" in run(["dvc", "status"], project).lower()
+        params["train"]["lr"] *= 2  # a result-affecting key, for contrast
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "train.lr" in run(["dvc", "status"], project)
+    finally:
+        path.write_text(original)
+
+
+def test_temperature_is_fitted_on_validation_not_test(project):
+    run(["dvc", "repro"], project)
+    temperature = json.loads((project / "metrics/calibration.json").read_text())["temperature"]
+    val, test = (read_predictions(project / f"data/predictions/{p}.csv") for p in ("val", "test"))
+    on_val, on_test = (fit_temperature(np.asarray(p.logits), np.asarray(p.y_true))
+                       for p in (val, test))
+    assert abs(on_val - on_test) > 1e-3, "val and test give the same T: the check cannot tell"
+    assert temperature == pytest.approx(on_val, rel=1e-6)

@@ -1,7 +1,9 @@
 """Validated parameters: one loader for params.yaml.
 
 DVC's ``-S key=value`` silently adds a mistyped key, so every key is checked here against a
-dataclass schema: an unknown key, a missing key or a wrong type stops with the key's dotted name.
+dataclass schema: an unknown key or a wrong type stops with the key's dotted name, and so does a
+value out of its range or against another key (``check_ranges``). A key missing from the file
+takes the default written in its dataclass below (the value params.yaml ships with).
 """
 from __future__ import annotations
 
@@ -103,6 +105,7 @@ class TrainParams:
     clahe: bool = False
     deterministic: bool = True
     num_workers: int = 0
+    seed: int | None = None  # training's own seed (init, batches, augmentation); null = top-level
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,13 @@ class AnalysisParams:
 @dataclass(frozen=True)
 class RobustnessParams:
     severities: int = 3
+
+
+# Settings of speed, not of results: no dvc.yaml stage lists them, so changing one reruns
+# nothing (tests/test_reproducibility.py). Worker counts give identical outputs; the inference
+# batch size moves logits only in the last float bits. explain.batch_size is NOT one of them:
+# ROAD draws its imputation noise per batch.
+RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "evaluate.batch_size")
 
 
 @dataclass(frozen=True)
@@ -213,15 +223,85 @@ class Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; raise ParamsError naming the first bad key."""
+    """Read and validate a params file; raise ParamsError naming the first bad key.
+
+    An unknown key, a wrong type or a value out of range (``check_ranges``) raises. A missing
+    key (or a whole missing section) silently takes its dataclass default, which equals the
+    value in the shipped params.yaml; note that DVC then tracks nothing for it, so set a key
+    in the file before changing it with ``dvc exp run -S``.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise ParamsError(f"{path}: not found; run from the repository root") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read the params file: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    return from_dict(Params, raw)
+    params = from_dict(Params, raw)
+    check_ranges(params)
+    return params
+
+
+def check_ranges(p: Params) -> None:
+    """Range and cross-key checks the types cannot express; ParamsError names the key."""
+    t, a = p.train, p.analysis
+    frac = p.split_options.fractions
+    rules = [
+        ("seed", p.seed >= 0, ">= 0"),
+        ("data.synthetic.n_images", p.data.synthetic.n_images >= 20, ">= 20"),
+        ("data.synthetic.min_side", 0 < p.data.synthetic.min_side <= p.data.synthetic.max_side,
+         "> 0 and <= data.synthetic.max_side"),
+        ("audit.near_duplicate_hamming", p.audit.near_duplicate_hamming >= 0, ">= 0"),
+        ("audit.max_image_pixels", p.audit.max_image_pixels > 0, "> 0"),
+        ("audit.workers", p.audit.workers >= 1, ">= 1"),
+        ("split_options.fractions", len(frac) == 3 and min(frac) > 0 and abs(sum(frac) - 1) < 1e-6,
+         "three positive numbers (train, val, test) summing to 1"),
+        ("split_options.train_centers", len(p.split_options.train_centers) > 0, "not empty"),
+        ("split_options.center_val_fraction", 0 < p.split_options.center_val_fraction < 1,
+         "in (0, 1)"),
+        ("preprocess.cache_size", p.preprocess.cache_size >= 8, ">= 8"),
+        ("preprocess.workers", p.preprocess.workers >= 1, ">= 1"),
+        ("model.dropout", 0 <= p.model.dropout < 1, "in [0, 1)"),
+        ("train.image_size", 8 <= t.image_size <= p.preprocess.cache_size,
+         ">= 8 and <= preprocess.cache_size (training reads the cache; raise both together)"),
+        ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images per batch)"),
+        ("train.epochs", t.epochs >= 1, ">= 1"),
+        ("train.lr", t.lr > 0, "> 0"),
+        ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
+        ("train.warmup_epochs", 0 <= t.warmup_epochs <= t.epochs, ">= 0 and <= train.epochs"),
+        ("train.patience", t.patience >= 0, ">= 0 (0 = never stop early)"),
+        ("train.focal_gamma", t.focal_gamma >= 0, ">= 0"),
+        ("train.num_workers", t.num_workers >= 0, ">= 0"),
+        ("train.seed", t.seed is None or t.seed >= 0, "null or >= 0"),
+        ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
+        ("explain.per_class", p.explain.per_class >= 0, ">= 0"),
+        ("explain.cam_threshold", 0 < p.explain.cam_threshold < 1, "in (0, 1)"),
+        ("explain.road_percentiles", all(0 < q < 100 for q in p.explain.road_percentiles),
+         "percentiles strictly between 0 and 100"),
+        ("explain.road_images", p.explain.road_images >= 0, ">= 0 (0 = all)"),
+        ("explain.batch_size", p.explain.batch_size >= 1, ">= 1"),
+        ("analysis.bootstrap_iterations", a.bootstrap_iterations >= 1, ">= 1"),
+        ("analysis.ci_level", 0 < a.ci_level < 1, "in (0, 1), e.g. 0.95"),
+        ("analysis.calibration_bins", a.calibration_bins >= 1, ">= 1"),
+        ("analysis.sensitivity_target", 0 < a.sensitivity_target < 1, "in (0, 1)"),
+        ("analysis.specificity_target", 0 < a.specificity_target < 1, "in (0, 1)"),
+        ("analysis.age_bands", len(a.age_bands) >= 2
+         and all(lo < hi for lo, hi in zip(a.age_bands, a.age_bands[1:])),
+         "at least two strictly increasing ages"),
+        ("analysis.min_subgroup_size", a.min_subgroup_size >= 1, ">= 1"),
+        ("robustness.severities", p.robustness.severities >= 1, ">= 1"),
+    ]
+    for key, ok, expected in rules:
+        if not ok:
+            raise ParamsError(f"'{key}' must be {expected}, got {_value(p, key)!r}")
+
+
+def _value(params: Params, key: str):
+    for part in key.split("."):
+        params = getattr(params, part)
+    return params
 
 
 def from_dict(cls, raw, prefix: str = ""):

@@ -1,7 +1,9 @@
 """Datasets over the decoded image cache and reproducible DataLoaders.
 
-Every random draw of an epoch (shuffling, per-worker augmentation) derives from
-(seed, epoch) alone, so a resumed run sees exactly the batches an uninterrupted run would.
+Every random draw of an epoch derives from (seed, epoch) alone: the shuffling from the
+loader's generator, each image's augmentation from (epoch seed, its position). A resumed run
+sees exactly the batches an uninterrupted run would, and the number of loader workers changes
+nothing (which worker loads an image does not matter).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from assurexray.data.transforms import reseed
 
@@ -33,6 +35,7 @@ class CachedDataset(Dataset):
         self.rows = _rows(cache, image_ids)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.transform = transform
+        self.epoch_seed: int | None = None  # set by reseed: then every item draws its own stream
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -40,10 +43,14 @@ class CachedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = np.ascontiguousarray(self.images[self.rows[index]])
         label = UNLABELLED if self.labels is None else int(self.labels[index])
+        if self.epoch_seed is not None:
+            reseed(self.transform, int(np.random.SeedSequence([self.epoch_seed, index])
+                                       .generate_state(1)[0]))
         return self.transform(image=image)["image"], label
 
     def reseed(self, seed: int) -> None:
-        reseed(self.transform, seed)
+        """Seed this epoch's augmentation; item i then draws from (seed, i) alone."""
+        self.epoch_seed = seed
 
 
 def _rows(cache, image_ids: Sequence[str]) -> np.ndarray:
@@ -85,19 +92,19 @@ def make_loader(dataset: CachedDataset, batch_size: int, shuffle: bool, num_work
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
                       pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)  # workers restart, and reseed, every epoch
+                      persistent_workers=False)  # workers restart, with this epoch's seed
 
 
 def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make this epoch's shuffling and augmentation a function of (seed, epoch) only."""
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     loader.generator.manual_seed(epoch_seed)
-    loader.dataset.reseed(epoch_seed)  # used as is when loading in the main process
+    loader.dataset.reseed(epoch_seed)  # workers get a copy when the epoch starts
 
 
 def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator: base seed + worker id.
+    # torch seeds each worker from the loader's generator: base seed + worker id. The dataset's
+    # own draws are per item (CachedDataset.reseed); this covers any other global-RNG user.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    get_worker_info().dataset.reseed(seed)

@@ -4,10 +4,15 @@ Everything inside is a tensor or a primitive, so ``torch.load(..., weights_only=
 it and a checkpoint from elsewhere cannot run code on load. ``meta`` is a ``CheckpointMeta``
 stored with ``dataclasses.asdict``: what every later stage needs to rebuild the model and its
 input pipeline without params.yaml.
+
+Provenance (git revision, dirty flag, time) lives in a JSON sidecar beside the weights
+(``model.pt`` -> ``model.provenance.json``), never in the ``.pt``: identical weights then give an
+identical file, so a retrain that changes nothing leaves every downstream DVC stage up to date.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -44,20 +49,25 @@ class CheckpointMeta:
     # Set by calibrate: evaluation.operating_points.fit_operating_points on the calibrated
     # validation probabilities (plain data), the thresholds predict and the service decide at.
     operating_points: dict | None = None
-    # Provenance, stamped by save_checkpoint.
+    # Provenance: written to the sidecar by save_checkpoint, merged back by load_checkpoint.
     git_rev: str | None = None
     git_dirty: bool | None = None
     created_at: str | None = None
 
 
+PROVENANCE_META = ("git_rev", "git_dirty", "created_at")
+UNKNOWN_PROVENANCE = {"git_rev": "unknown", "git_dirty": None, "created_at": "unknown"}
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> None:
-    """Write the weights and ``meta`` (stamped with git revision and time) atomically."""
+    """Write the weights and ``meta`` atomically, and the provenance sidecar beside them."""
     path = Path(path)
-    plain = dataclasses.asdict(dataclasses.replace(meta, **provenance()))
+    plain = {k: v for k, v in dataclasses.asdict(meta).items() if k not in PROVENANCE_META}
     _check_plain(plain, "meta")
     meta_from_dict(plain, path)  # what is written must load back
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save({"state_dict": state, "meta": plain}, path)
+    provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
@@ -72,7 +82,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or not {"state_dict", "meta"} <= set(payload):
         raise CheckpointError(f"{path}: expected a dict with 'state_dict' and 'meta'")
-    meta = meta_from_dict(payload["meta"], path)
+    stored = payload["meta"] if isinstance(payload["meta"], dict) else {}
+    meta = meta_from_dict({**UNKNOWN_PROVENANCE, **stored, **read_provenance(path)}
+                          if stored else payload["meta"], path)
     model = build_model(meta.backbone, len(meta.classes), pretrained=False, dropout=meta.dropout)
     try:
         model.load_state_dict(payload["state_dict"])
@@ -104,8 +116,29 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def provenance_path(checkpoint: str | Path) -> Path:
+    """The provenance sidecar of a checkpoint: ``models/model.pt`` -> ``models/model.provenance.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".provenance.json")
+
+
+def read_provenance(checkpoint: str | Path) -> dict:
+    """The sidecar's provenance keys, or {} without a sidecar (a checkpoint copied alone, or
+    one written before the sidecar existed, which holds the keys in its own meta)."""
+    path = provenance_path(checkpoint)
+    if not path.is_file():
+        return {}
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable provenance sidecar ({exc}); delete it or "
+                              "rerun the stage that wrote the checkpoint") from exc
+    return {k: stamp.get(k, UNKNOWN_PROVENANCE[k]) for k in PROVENANCE_META}
+
+
 def provenance() -> dict:
-    """git revision (or 'unknown'), whether the code or params differ from it, and the time."""
+    """git revision (or 'unknown'), whether the code or params differ from it, the time, and
+    the numeric environment the weights came from (torch, CPU kernel level, threads)."""
     rev, dirty = "unknown", None
     try:
         rev = _git("rev-parse", "HEAD")
@@ -115,7 +148,9 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (e.g. an exported tree): provenance stays 'unknown'
     return {"git_rev": rev, "git_dirty": dirty,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def _git(*args: str) -> str:
