@@ -1,5 +1,6 @@
 """The autoencoder checkpoint: the classifier's contract (``{"state_dict", "meta"}``, plain data,
-``weights_only`` loading, atomic write, provenance stamp) with an autoencoder's meta.
+``weights_only`` loading, atomic write, provenance in a ``.provenance.json`` sidecar) with an
+autoencoder's meta.
 
 ``meta`` holds everything needed to score an image without params.yaml: the architecture and
 its constructor keywords, the input pipeline (cache size, image size; inputs are [0, 1]
@@ -7,13 +8,21 @@ grayscale), the score settings and the normal class it was trained on.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from assurexray.anomaly.models import build_autoencoder
-from assurexray.training.checkpoint import CheckpointError, _check_plain, atomic_save, provenance
+from assurexray.training.checkpoint import (
+    CheckpointError,
+    _check_plain,
+    atomic_save,
+    provenance,
+    provenance_path,
+    read_provenance,
+)
 
 KIND = "autoencoder"
 REQUIRED_META = ("arch", "config", "image_size", "cache_size", "classes", "normal_class", "score",
@@ -25,10 +34,12 @@ def save_autoencoder(path: str | Path, model: nn.Module, meta: dict) -> None:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: meta lacks {missing}")
-    meta = {**meta, "kind": KIND, **provenance()}
+    meta = {**meta, "kind": KIND}
     _check_plain(meta, "meta")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save({"state_dict": state, "meta": meta}, path)
+    # As the classifier's: provenance in a sidecar, so identical weights are identical bytes.
+    provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -52,7 +63,7 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {meta['arch']}: {exc}") from exc
-    return model.to(device).eval(), meta
+    return model.to(device).eval(), {**meta, **read_provenance(path)}
 
 
 def check_cache_size(meta: dict, cache, cache_dir) -> None:
