@@ -30,6 +30,7 @@ TINY = {
     "robustness": {"severities": 1},
     "ood": {"images_per_set": 20},
     "serve": {"drift_window": 30, "drift_permutations": 50},
+    "anomaly": {"image_size": 32, "train": {"epochs": 1}, "identity_lesions": 4, "gallery": 1},
 }
 
 
@@ -73,6 +74,12 @@ def test_repro_experiment_and_metrics_diff(project):
     run(["dvc", "repro"], project)
     for out in ("metrics/evaluate.json", "models/model.pt", "data/quality.csv"):
         assert (project / out).exists(), out
+    anomaly = json.loads((project / "metrics/anomaly.json").read_text())
+    assert set(anomaly["architectures"]) == {"unet", "reversed"}
+    assert set(anomaly["comparison"]) == {"unet", "reversed", "classifier"}
+    for arch in ("unet", "reversed"):
+        assert (project / f"models/anomaly/{arch}.pt").exists()
+        assert anomaly["architectures"][arch]["localization"]["overall"]["n"] > 0
     assert "up to date" in run(["dvc", "status"], project).lower()
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline run"], project)

@@ -182,6 +182,61 @@ class ServeParams:
 
 
 @dataclass(frozen=True)
+class UNetAEParams:
+    """U-Net autoencoder: ``depth`` poolings from ``base_channels``; ``latent`` > 0 squeezes
+    the deepest map through a dense bottleneck of that size (0: convolutional bottleneck)."""
+    base_channels: int = 8
+    depth: int = 3
+    latent: int = 64
+    skip_dropout: float = 0.0        # drop whole skip maps during training (shortcut remedy)
+    drop_skips: list[int] = field(default_factory=list)  # skip levels removed; 0 = full resolution
+    noise_std: float = 0.0           # denoising AE: coarse noise added to the input (0 = off)
+
+
+@dataclass(frozen=True)
+class ReversedAEParams:
+    """Reversed autoencoder: strided encoder, dense latent, shallower decoder, no skips."""
+    base_channels: int = 8
+    depth: int = 3
+    latent: int = 64
+    noise_std: float = 0.0
+
+
+@dataclass(frozen=True)
+class AnomalyTrainParams:
+    batch_size: int = 16
+    epochs: int = 8
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+    patience: int = 3            # epochs without val reconstruction-loss gain before stopping
+    noise_cells: int = 8         # coarse noise is drawn on a cells x cells grid, then upsampled
+    deterministic: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class AnomalyScoreParams:
+    primary: Literal["mse", "ssim", "topk"] = "mse"
+    topk_percent: float = 5.0    # mean of the top k% pixel errors
+    smoothing_sigma: float = 2.0  # anomaly map: Gaussian-smoothed per-pixel error (model px)
+    ssim_window: int = 7
+
+
+@dataclass(frozen=True)
+class AnomalyParams:
+    archs: list[Literal["unet", "reversed"]] = field(default_factory=lambda: ["unet", "reversed"])
+    image_size: int = 64
+    train: AnomalyTrainParams = field(default_factory=AnomalyTrainParams)
+    unet: UNetAEParams = field(default_factory=UNetAEParams)
+    reversed: ReversedAEParams = field(default_factory=ReversedAEParams)
+    score: AnomalyScoreParams = field(default_factory=AnomalyScoreParams)
+    batch_size: int = 64         # scoring batches
+    gallery: int = 3             # gallery: the k highest-scoring tumours and normals, k lowest tumours
+    identity_lesions: int = 32   # identity check: validation normals given a drawn lesion
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     split: Literal["stratified", "center"] = "stratified"
@@ -198,6 +253,7 @@ class Params:
     reference: ReferenceParams = field(default_factory=ReferenceParams)
     ood: OodParams = field(default_factory=OodParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    anomaly: AnomalyParams = field(default_factory=AnomalyParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -7,9 +7,15 @@ model. Degenerate inputs (a side under ``ood.min_side`` px, an extreme aspect ra
 image) are rejected before the model; with the training reference (``models/reference.npz``)
 every result carries an out-of-distribution verdict. One JSON line per input on stdout
 (and in OUT/predictions.jsonl): the predicted class, every class probability (and the
-temperature-calibrated ones when the checkpoint has a temperature), the checkpoint identity and,
-with --gradcam, the path of a Grad-CAM overlay of the predicted class. An unreadable file gets
-``{"file", "error"}`` and the others go on; the exit code is 1 when any input failed.
+temperature-calibrated ones when the checkpoint has a temperature), with ``models/calibrated.pt``
+the decision of each binary task (malignant vs rest, tumour vs normal) at its shipped operating
+point (threshold on the calibrated scale, with its validation sensitivity and specificity), the
+checkpoint identity and, with --gradcam, the path of a Grad-CAM overlay of the predicted class.
+With --anomaly-checkpoint (an autoencoder from the anomaly_train stage) each record also gets
+``anomaly``: its scores (the primary one as ``score``) and, with --out, the path of its
+anomaly-map overlay.
+An unreadable file gets ``{"file", "error"}`` and the others go on; the exit code is 1 when any
+input failed.
 
 Folders are walked recursively in sorted order, taking files with an image suffix
 (.jpg .jpeg .png .dcm .dicom, any case); other files there are listed in a warning. A file
@@ -30,6 +36,8 @@ import torch
 from PIL import Image
 
 from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.anomaly.checkpoint import load_autoencoder
+from assurexray.anomaly.scoring import score_letterboxed
 from assurexray.console import progress
 from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.explain.cam import METHODS, compute_cams, overlay
@@ -50,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gradcam", action="store_true",
                         help="write a Grad-CAM overlay of the predicted class per image (needs --out)")
     parser.add_argument("--cam-method", default="gradcam", choices=sorted(METHODS))
+    parser.add_argument("--anomaly-checkpoint", type=Path,
+                        help="an autoencoder (models/anomaly/<arch>.pt): add its anomaly score "
+                             "and, with --out, its anomaly map")
     parser.add_argument("--out", type=Path, help="folder for predictions.jsonl and gradcam/")
     parser.add_argument("--reference", type=Path,
                         help=f"training reference of the reference stage (default: {REFERENCE_NAME} "
@@ -74,6 +85,13 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     predictor = Predictor(classifier, args.checkpoint, args.batch_size, args.workers)
+    if args.anomaly_checkpoint:
+        try:
+            predictor.anomaly = (*load_autoencoder(args.anomaly_checkpoint, classifier.device),
+                                 args.anomaly_checkpoint, args.out / "anomaly" if args.out else None)
+        except (FileNotFoundError, CheckpointError) as exc:
+            log.error("%s", exc)
+            return 2
     records = itertools.chain(
         ({"file": str(path), "error": reason} for path, reason in empty_dirs),
         predictor.predict(files, args.out / "gradcam" if args.gradcam else None, args.cam_method))
@@ -101,6 +119,8 @@ class Predictor:
         meta = classifier.meta
         self.identity = {"path": str(checkpoint_path), "backbone": meta.backbone,
                          "git_rev": meta.git_rev, "split": meta.split}
+        # (autoencoder, its meta, its path, map folder or None) with --anomaly-checkpoint
+        self.anomaly: tuple[torch.nn.Module, dict, Path, Path | None] | None = None
 
     def load(self, path: Path) -> Prepared | str:
         """The prepared input, or the reason the file cannot be classified."""
@@ -146,7 +166,28 @@ class Predictor:
                 png = cam_dir / f"{start + i:05d}_{chunk[i].stem}.png"
                 Image.fromarray(overlay(prepared[j].boxed, cams[j])).save(png)
                 records[i]["gradcam"] = str(png)
+        if self.anomaly is not None:
+            self._add_anomaly(records, [chunk[i] for i in ok], [p.boxed for p in prepared],
+                              ok, start)
         return records
+
+    def _add_anomaly(self, records, paths, boxed, ok, start) -> None:
+        assert self.anomaly is not None  # called only with an autoencoder loaded
+        model, meta, path, map_dir = self.anomaly
+        result = score_letterboxed(model, meta, boxed, self.batch_size, self.classifier.device)
+        primary = meta["score"]["primary"]
+        if map_dir is not None:
+            map_dir.mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(ok):
+            scores = {name: float(v[j]) for name, v in result.scores.items()}
+            entry = {"score": scores[primary], "primary": primary, "scores": scores,
+                     "checkpoint": str(path), "arch": meta["arch"]}
+            if map_dir is not None:
+                amap = result.maps[j] / max(float(result.maps[j].max()), 1e-12)
+                png = map_dir / f"{start + i:05d}_{paths[j].stem}.png"
+                Image.fromarray(overlay(boxed[j], amap)).save(png)
+                entry["map"] = str(png)
+            records[i]["anomaly"] = entry
 
 
 def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -85,12 +86,12 @@ def read_split(path: str | Path, classes: Sequence[str]) -> tuple[list[str], np.
     return df["image_id"].tolist(), df["label"].map(index).to_numpy(np.int64)
 
 
-def make_loader(dataset: CachedDataset, batch_size: int, shuffle: bool, num_workers: int,
+def make_loader(dataset: ReseedableDataset, batch_size: int, shuffle: bool, num_workers: int,
                 seed: int, drop_last: bool = False) -> DataLoader:
     """A DataLoader whose shuffling and worker seeds come from its own generator."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+    return DataLoader(cast(Dataset, dataset), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
                       pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)  # workers restart, with this epoch's seed
@@ -100,7 +101,7 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make this epoch's shuffling and augmentation a function of (seed, epoch) only."""
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     loader.generator.manual_seed(epoch_seed)
-    _cached(loader.dataset).reseed(epoch_seed)  # workers get a copy when the epoch starts
+    _reseedable(loader.dataset).reseed(epoch_seed)  # workers get a copy when the epoch starts
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -111,9 +112,20 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _cached(dataset: Dataset) -> CachedDataset:
-    # Only make_loader's CachedDataset knows how to reseed its augmentation.
-    if not isinstance(dataset, CachedDataset):
-        raise TypeError(f"expected a loader from make_loader over a CachedDataset, "
+@runtime_checkable
+class ReseedableDataset(Protocol):
+    """A map-style dataset whose random draws come from ``reseed`` (CachedDataset, the
+    anomaly wing's NormalImages): what make_loader's per-epoch seeding needs."""
+
+    def reseed(self, seed: int) -> None: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+def _reseedable(dataset: Dataset) -> ReseedableDataset:
+    if not isinstance(dataset, ReseedableDataset):
+        raise TypeError(f"expected a loader from make_loader over a reseedable dataset, "
                         f"got a {type(dataset).__name__}")
     return dataset

@@ -1,0 +1,65 @@
+"""Anomaly summary stage: both autoencoders beside the classifier in metrics/anomaly.json, the
+ROC/PR plot data and the comparison section (docs/anomaly_comparison.md)."""
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from assurexray.anomaly.compare import classifier_scores, comparison, comparison_context, curves
+from assurexray.anomaly.data import normal_index
+from assurexray.console import run_main
+from assurexray.data.schema import DatasetInfo
+from assurexray.errors import AssureXRayError
+from assurexray.evaluation.predictions import read_predictions, write_json
+from assurexray.params import load_params
+from assurexray.reporting.render import header, render
+
+log = logging.getLogger("anomaly_summary")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("params", "anomaly-dir", "predictions", "explain", "info", "metrics", "plots",
+                 "comparison"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    evaluations, tables = {}, {}
+    for arch in params.anomaly.archs:
+        folder = args.anomaly_dir / arch
+        if not (folder / "evaluation.json").exists():
+            raise AssureXRayError(f"{folder}: no evaluation.json; run anomaly_evaluate@{arch}")
+        evaluations[arch] = json.loads((folder / "evaluation.json").read_text())
+        tables[arch] = pd.read_csv(folder / "test.csv", dtype={"image_id": str, "label": str,
+                                                              "group": str, "center": str})
+    if not evaluations:
+        raise AssureXRayError("anomaly.archs is empty: nothing to summarize")
+    info = DatasetInfo.load(args.info)
+    normal = info.classes[normal_index(info.classes)]
+    ids = next(iter(tables.values()))["image_id"].tolist()
+    classifier = classifier_scores(read_predictions(args.predictions), ids, normal)
+    gradcam = json.loads(args.explain.read_text())["localization"]["true_class"]["overall"]
+    comp = comparison(tables, evaluations, classifier, gradcam, normal, params.analysis,
+                      params.seed)
+    write_json(args.metrics, {"normal_class": normal, "n_test": len(ids),
+                              "comparison": comp, "architectures": evaluations})
+    roc, pr = curves(tables, evaluations, classifier, normal)
+    args.plots.mkdir(parents=True, exist_ok=True)
+    write_json(args.plots / "roc.json", roc)
+    write_json(args.plots / "pr.json", pr)
+    args.comparison.parent.mkdir(parents=True, exist_ok=True)
+    args.comparison.write_text(render(
+        "anomaly_comparison.md.j2", **comparison_context(comp, evaluations),
+        header=header("Anomaly detection beside the classifier",
+                      "the anomaly_summary stage (`stages/anomaly_summary.py`)",
+                      "`metrics/anomaly.json`", info.source)))
+    for model, m in comp.items():
+        log.info("%s: tumour-vs-normal AUC %.3f (%.3f-%.3f)", model, m["auc"]["value"],
+                 m["auc"]["ci_low"], m["auc"]["ci_high"])
+
+
+if __name__ == "__main__":
+    run_main(main)
