@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assurexray.data import synthetic
+from assurexray.data.synthetic.writer import generate_twin
 from assurexray.evaluation.bootstrap import Predictions, bootstrap_metrics
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     preds = predictions()
     with tempfile.TemporaryDirectory() as tmp:
-        twin_s = median_seconds(lambda: synthetic.generate_twin(
+        twin_s = median_seconds(lambda: generate_twin(
             Path(tempfile.mkdtemp(dir=tmp)), n_images=40, seed=0, min_side=320, max_side=720),
             args.repeats)
     boot_s = median_seconds(lambda: bootstrap_metrics(preds, ["a", "b", "c"], n_iter=1000,

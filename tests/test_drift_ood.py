@@ -7,7 +7,7 @@ import pytest
 from assurexray.data import btxrd
 from assurexray.data.imageio import read_image
 from assurexray.data.ood_sets import FAR_SETS, corrupted, generate_sets
-from assurexray.data.synthetic import generate_twin
+from assurexray.data.synthetic.writer import generate_twin
 from assurexray.inference.classifier import Classifier
 from assurexray.inference.drift import mmd_test, psi
 from assurexray.inference.monitoring import build_reference, drift_error_rates, ood_evaluation, summarize
