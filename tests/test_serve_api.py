@@ -76,7 +76,8 @@ def test_health_names_the_model(client, served_model):
     assert model["backbone"] == "mobilenetv3_small_100" and model["classes"] == CLASSES
     assert model["temperature"] == 1.5 and len(model["checkpoint_sha256"]) == 64
     assert model["git_rev"] and model["split"] == "stratified"
-    assert body["operating_point"]["threshold"] == 0.34
+    point = body["operating_points"]["malignant_vs_rest"]
+    assert point[point["decision"]] == served_model.malignant_point
 
 
 def test_predict_equals_the_cli(client, served_model, capsys):

@@ -147,7 +147,12 @@ class RobustnessParams:
 # nothing (tests/test_reproducibility.py). Worker counts give identical outputs; the inference
 # batch size moves logits only in the last float bits. explain.batch_size is NOT one of them:
 # ROAD draws its imputation noise per batch.
-RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "evaluate.batch_size")
+# Keys no stage tracks: they change how fast or where things run, not a result. The serve
+# section configures the service, which no stage runs.
+RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "evaluate.batch_size",
+                "serve.max_batch", "serve.max_pixels",
+                "serve.max_upload_mb", "serve.micro_batch", "serve.micro_batch_wait_ms",
+                "serve.queue_size", "serve.request_timeout_s")
 
 
 @dataclass(frozen=True)
