@@ -99,6 +99,16 @@ class TrainParams:
     clahe: bool = False
     deterministic: bool = True
     num_workers: int = 0
+    devices: int = 1            # > 1: DDP through torchrun, one process per device
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"  # GPU autocast; CPU always fp32
+    channels_last: bool = True  # GPU only
+
+    def __post_init__(self):
+        if self.devices < 1:
+            raise ParamsError(f"'train.devices' must be >= 1, got {self.devices}")
+        if self.batch_size % self.devices:
+            raise ParamsError(f"'train.batch_size' ({self.batch_size}) is the global batch and "
+                              f"must be a multiple of 'train.devices' ({self.devices})")
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,57 @@ class RobustnessParams:
 
 
 @dataclass(frozen=True)
+class SearchDim:
+    """One tuned key: a float or int range (``log`` for a log scale) or a list of choices."""
+    type: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float | bool] | None = None
+
+    def check(self, key: str) -> None:
+        if self.type == "choice":
+            if not self.choices:
+                raise ParamsError(f"'{key}.choices' must list at least one value")
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ParamsError(f"'{key}' needs low < high, got {self.low}..{self.high}")
+        if self.log and self.low <= 0:
+            raise ParamsError(f"'{key}': a log range needs low > 0, got {self.low}")
+        if self.type == "int" and not (float(self.low).is_integer()
+                                       and float(self.high).is_integer()):
+            raise ParamsError(f"'{key}': an int range needs whole low and high")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    sampler: Literal["tpe", "random"] = "tpe"
+    metric: str = "best_val_macro_auc"  # a key of metrics_file: validation, never test
+    metrics_file: str = "dvclive/train/metrics.json"
+    target: str = "train"               # the stage each trial reproduces up to
+    space: dict[str, SearchDim] = field(default_factory=lambda: {
+        "train.lr": SearchDim("float", 0.0003, 0.005, log=True),
+        "train.weight_decay": SearchDim("float", 0.001, 0.1, log=True),
+        "model.dropout": SearchDim("float", 0.0, 0.5)})
+
+    def __post_init__(self):
+        for key, dim in self.space.items():
+            if key.split(".")[0] == "tune" or not _is_param_path(Params, key.split(".")):
+                raise ParamsError(f"'tune.space.{key}' does not name a tunable key of params.yaml")
+            dim.check(f"tune.space.{key}")
+
+
+def _is_param_path(cls, parts: list[str]) -> bool:
+    hints = typing.get_type_hints(cls)
+    if parts[0] not in hints:
+        return False
+    inner = hints[parts[0]]
+    if len(parts) == 1:
+        return not dataclasses.is_dataclass(inner)
+    return dataclasses.is_dataclass(inner) and _is_param_path(inner, parts[1:])
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     split: Literal["stratified", "center"] = "stratified"
@@ -146,6 +207,7 @@ class Params:
     explain: ExplainParams = field(default_factory=ExplainParams)
     analysis: AnalysisParams = field(default_factory=AnalysisParams)
     robustness: RobustnessParams = field(default_factory=RobustnessParams)
+    tune: TuneParams = field(default_factory=TuneParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -186,11 +248,20 @@ def _coerce(tp, value, key: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for candidate in inner[:-1]:  # the first member the value fits
+            try:
+                return _coerce(candidate, value, key)
+            except ParamsError:
+                pass
+        return _coerce(inner[-1], value, key)
     if origin is Literal:
         if value not in args:
             raise ParamsError(f"'{key}' must be one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"'{key}' must be a list, got {value!r}")
