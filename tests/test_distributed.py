@@ -86,8 +86,8 @@ def runs(tmp_path_factory) -> dict:
     return {1: single, 2: root}
 
 
-def history(root) -> list[dict]:
-    rows = (root / "dvclive/train/plots/metrics/train_loss.tsv").read_text().split()[2:]
+def history(root, metric: str = "train_loss") -> list[float]:
+    rows = (root / f"dvclive/train/plots/metrics/{metric}.tsv").read_text().split()[2:]
     return [float(v) for v in rows[1::2]]
 
 
@@ -116,14 +116,15 @@ def test_ddp_validation_equals_a_recomputation_from_the_checkpoint(runs):
 
 
 def test_ddp_figures_are_close_to_the_single_process_run(runs):
-    """Same global batch, steps and schedule; they differ in BatchNorm statistics (per half
-    batch on CPU), the shuffle (DistributedSampler) and augmentation streams, so they agree
-    only roughly: first-epoch train loss within 10% (it is dominated by the initialisation,
-    which DDP copies from rank 0), best validation AUC within 0.15 (about two of the 15 or so
-    validation images of the tiny twin changing rank)."""
-    one, two = history(runs[1]), history(runs[2])
-    assert len(one) == len(two)
-    assert two[0] == pytest.approx(one[0], rel=0.10)
-    best = [json.loads((runs[d] / "dvclive/train/metrics.json").read_text())["best_val_macro_auc"]
-            for d in (1, 2)]
-    assert abs(best[0] - best[1]) <= 0.15, best
+    """Both runs share the initialisation (DDP copies rank 0's), the global batch, the number
+    of steps and the schedule. They differ in BatchNorm statistics (per half batch on CPU,
+    which has no SyncBatchNorm), the shuffle (DistributedSampler) and the augmentation
+    streams. Measured here: train loss within 3.4% at every epoch (means over ~110 images),
+    final validation loss within 8.8% (22 images); so 6% and 12%. Validation AUC is not
+    compared: on 22 images of a model this close to chance it moves by 0.3 between epochs."""
+    for metric, tolerance in (("train_loss", 0.06), ("val_loss", 0.12)):
+        one, two = history(runs[1], metric), history(runs[2], metric)
+        assert len(one) == len(two) == 6
+        steps = range(len(one)) if metric == "train_loss" else [-1]
+        for step in steps:
+            assert two[step] == pytest.approx(one[step], rel=tolerance), (metric, one, two)

@@ -4,7 +4,15 @@ from pathlib import Path
 
 import yaml
 
-from test_end_to_end import REPO, TINY, merge, run
+from test_end_to_end import REPO, TINY, run
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s values, nested mappings merged, new keys added."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
 
 
 def make_project(root: Path, overrides: dict | None = None) -> Path:

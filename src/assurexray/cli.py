@@ -13,6 +13,7 @@ from assurexray.errors import AssureXRayError
 SUBCOMMANDS = {
     "predict": ("assurexray.predict", "classify radiographs with a trained checkpoint"),
     "compare": ("assurexray.reporting.compare", "compare the stratified and center-holdout experiments"),
+    "tune": ("assurexray.tune", "hyperparameter search, one DVC experiment per Optuna trial"),
 }
 
 
