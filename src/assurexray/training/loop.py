@@ -38,6 +38,7 @@ from assurexray.training.checkpoint import atomic_save
 from assurexray.training.distributed import Dist
 from assurexray.training.losses import build_loss
 from assurexray.training.models import build_model, default_device
+from assurexray.training.resources import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config
             log.info("early stop: no val AUC gain for %d epochs", state.bad_epochs)
         live.summary["best_epoch"] = state.best_epoch
         live.summary["best_val_macro_auc"] = state.best_metric
+        live.summary.update(loop.stopwatch.summary(len(train_loader.dataset), device))
     return best_state, state
 
 
@@ -164,8 +166,13 @@ class Loop:
     amp_dtype: torch.dtype = torch.float16
     channels_last: bool = False
     ddp: Dist = Dist()
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
 
     def train_epoch(self, loader, desc: str) -> float:
+        with self.stopwatch.phase("train"):
+            return self._train_epoch(loader, desc)
+
+    def _train_epoch(self, loader, desc: str) -> float:
         self.model.train()
         total, count = 0.0, 0
         for images, labels in progress(loader, desc=desc, unit="batch", leave=False):
@@ -181,8 +188,12 @@ class Loop:
             count += len(labels)
         return self.ddp.mean(total, count)
 
-    @torch.inference_mode()
     def validate(self, loader) -> dict:
+        with self.stopwatch.phase("val"):
+            return self._validate(loader)
+
+    @torch.inference_mode()
+    def _validate(self, loader) -> dict:
         self.model.eval()
         all_logits, all_labels = [], []
         for images, labels in loader:

@@ -1,0 +1,159 @@
+"""Cost as the work grows: a queued DVC experiment grid over input size x backbone, and the
+generated `docs/scaling.md` (table, accuracy-per-training-minute frontier, DVC plot data).
+
+    python bench/scaling.py run --sizes 96 128 192 256 \
+        --backbones efficientnet_b0 resnet18 mobilenetv3_large_100
+    python bench/scaling.py report
+
+`run` queues one experiment per point (`scale-<backbone>-<size>`, up to the analyze stage)
+and runs the queue with ONE worker, so the timings are not shared between runs; points that
+already have an experiment are skipped, so an interrupted grid resumes. `report` reads every
+`scale-*` experiment: validation and test macro AUC with grouped bootstrap intervals (the
+analyze stage's method; the validation interval is computed here from the experiment's
+validation predictions), and the train stage's throughput, epoch time and peak memory.
+The frontier is chosen on validation AUC only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import dvc.api
+import yaml
+
+from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.evaluation.bootstrap import bootstrap_metrics, read_groups, read_predictions
+
+PREFIX = "scale-"
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    grid = sub.add_parser("run", help="queue and run the grid")
+    grid.add_argument("--sizes", type=int, nargs="+", required=True)
+    grid.add_argument("--backbones", nargs="+", required=True)
+    grid.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                      help="an override for every point (dvc exp run -S), repeatable")
+    report = sub.add_parser("report", help="write docs/scaling.md and the plot data")
+    report.add_argument("--out", type=Path, default=Path("docs/scaling.md"))
+    report.add_argument("--plots", type=Path, default=Path("plots/scaling"))
+    report.add_argument("--json", type=Path, default=Path("bench/scaling.json"))
+    report.add_argument("--command", default="", help="the `run` command line, for the doc")
+    args = parser.parse_args()
+    if args.command == "run":
+        return run_grid(args.sizes, args.backbones, args.fixed)
+    rows = [measure(name, sha) for name, sha in experiments().items()]
+    write_report(sorted(rows, key=lambda r: (r["backbone"], r["image_size"])), args)
+    return 0
+
+
+def run_grid(sizes: list[int], backbones: list[str], fixed: list[str]) -> int:
+    done = experiments()
+    for backbone in backbones:
+        for size in sizes:
+            name = f"{PREFIX}{backbone}-{size}"
+            if name in done:
+                continue
+            sets = [f"model.backbone={backbone}", f"train.image_size={size}", *fixed]
+            dvc("exp", "run", "--queue", "-n", name, *(a for s in sets for a in ("-S", s)),
+                "analyze")
+    # One worker, so each run has the machine to itself and its timings are its own;
+    # `--run-all` starts the queue and blocks until it is empty.
+    return subprocess.run([*DVC, "exp", "run", "--run-all", "--jobs", "1"], check=False).returncode
+
+
+def experiments() -> dict[str, str]:
+    """{experiment name: commit} of every `scale-*` experiment in the repository."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)",
+                          "refs/exps"], check=True, capture_output=True, text=True).stdout
+    refs = dict(line.split() for line in out.splitlines())
+    return {ref.rsplit("/", 1)[-1]: sha for ref, sha in refs.items()
+            if ref.rsplit("/", 1)[-1].startswith(PREFIX)}
+
+
+def measure(name: str, sha: str) -> dict:
+    """One grid point's figures, read from its experiment commit and the DVC cache."""
+    params = _yaml(sha, "params.yaml")
+    train = json.loads(dvc.api.read("dvclive/train/metrics.json", rev=sha))
+    analysis = json.loads(dvc.api.read("metrics/analysis.json", rev=sha))
+    a = params["analysis"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in ("data/splits/groups.csv", "data/predictions/val.csv"):
+            (Path(tmp) / Path(part).name).write_text(dvc.api.read(part, rev=sha))
+        classes = json.loads(dvc.api.read("data/dataset.json", rev=sha))["classes"]
+        val = read_predictions(Path(tmp) / "val.csv", classes, read_groups(Path(tmp) / "groups.csv"))
+        val_auc = bootstrap_metrics(val, classes, a["bootstrap_iterations"], a["ci_level"],
+                                    params["seed"])["macro_auc"]
+    epochs = int(train["step"]) + 1
+    return {"experiment": name, "backbone": params["model"]["backbone"],
+            "image_size": params["train"]["image_size"], "epochs": epochs,
+            "val_macro_auc": val_auc, "test_macro_auc": analysis["test"]["macro_auc"],
+            "train_images_per_second": train["train_images_per_second"],
+            "epoch_seconds": train["epoch_seconds"], "peak_memory_mb": train["peak_memory_mb"],
+            "train_minutes": train["epoch_seconds"] * epochs / 60}
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """Points no other point beats on both training minutes and validation AUC."""
+    def beaten(r):
+        return any(o["train_minutes"] <= r["train_minutes"]
+                   and o["val_macro_auc"]["value"] > r["val_macro_auc"]["value"]
+                   for o in rows if o is not r)
+    return [r for r in rows if not beaten(r)]
+
+
+def write_report(rows: list[dict], args) -> None:
+    front = {r["experiment"] for r in frontier(rows)}
+    for r in rows:
+        r["frontier"] = r["experiment"] in front
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    args.plots.mkdir(parents=True, exist_ok=True)
+    points = [{"train_minutes": round(r["train_minutes"], 2),
+               "val_macro_auc": round(r["val_macro_auc"]["value"], 4),
+               "test_macro_auc": round(r["test_macro_auc"]["value"], 4),
+               "images_per_second": round(r["train_images_per_second"], 1),
+               "run": f"{r['backbone']} {r['image_size']}px"} for r in rows]
+    (args.plots / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
+    args.out.write_text(render(rows, args.command))
+
+
+def render(rows: list[dict], command: str) -> str:
+    def ci(m):
+        return f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+    lines = ["# Cost as the work grows", "",
+             "Generated by `bench/scaling.py report` from the `scale-*` DVC experiments; never "
+             "edit by hand.", "", f"> {NOT_FOR_CLINICAL_USE}", "",
+             "Figures from the synthetic twin are not BTXRD results.", "",
+             f"Grid command: `{command or 'python bench/scaling.py run ...'}`, then "
+             "`python bench/scaling.py report`. Plot: `dvc plots show plots/scaling/frontier.json`.",
+             "", "| backbone | px | epochs | val macro AUC (95% CI) | test macro AUC (95% CI) | "
+             "train images/s | epoch s | train min | peak MB | frontier (val) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['backbone']} | {r['image_size']} | {r['epochs']} | "
+                     f"{ci(r['val_macro_auc'])} | {ci(r['test_macro_auc'])} | "
+                     f"{r['train_images_per_second']:.1f} | {r['epoch_seconds']:.0f} | "
+                     f"{r['train_minutes']:.1f} | {r['peak_memory_mb']:.0f} | "
+                     f"{'yes' if r['frontier'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def dvc(*args: str) -> None:
+    subprocess.run([*DVC, *args], check=True)
+
+
+def _yaml(sha: str, path: str) -> dict:
+    return yaml.safe_load(subprocess.run(["git", "show", f"{sha}:{path}"], check=True,
+                                         capture_output=True, text=True).stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
