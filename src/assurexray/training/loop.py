@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 RESUME_FILE = "last.pt"
 # Modules whose code shapes a training run: a change there invalidates a resume state.
-_CODE = (models, transforms, datasets, losses, metrics, sys.modules[__name__])
+_CODE = (models, transforms, datasets, losses, metrics, distributed, sys.modules[__name__])
 
 
 @dataclass(frozen=True)
