@@ -2,6 +2,7 @@
 `dvc repro` compared with the 1-process run of the same global batch."""
 import json
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from assurexray.data.datasets import read_split
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.inference.runner import load_for_inference, predict_images
 from assurexray.params import TrainParams
+from assurexray.training import distributed
 from assurexray.training.distributed import Dist
 from assurexray.training.loop import Loop, warmup_cosine
 from assurexray.training.losses import build_loss
@@ -62,6 +64,26 @@ def test_ddp_step_averages_gradients_like_one_process_on_the_combined_batch(tmp_
     assert worst <= 1e-6, f"largest gradient difference {worst:.2e}"
     assert any(g.abs().max() > 1e-3 for g in single_grads.values())  # not trivially zero
     assert ddp["loss"] == pytest.approx(single_loss, abs=1e-6)
+
+
+@pytest.mark.parametrize("preset, threads", [(None, "1"), ("3", "3")])
+def test_relaunch_uses_a_private_rendezvous_and_shares_the_cores(monkeypatch, preset, threads):
+    seen = {}
+
+    def fake_run(cmd, env, check):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(distributed.subprocess, "run", fake_run)
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
+    if preset is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", preset)
+    assert distributed.relaunch(2, "stages/train.py", ["--params", "p.yaml"]) == 0
+    assert seen["cmd"][1:] == ["-m", "torch.distributed.run", "--standalone",
+                               "--nproc-per-node=2", "stages/train.py", "--params", "p.yaml"]
+    assert seen["env"]["OMP_NUM_THREADS"] == threads
 
 
 def test_global_batch_must_split_evenly():

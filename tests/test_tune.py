@@ -98,3 +98,4 @@ def test_an_interrupted_tune_resumes(project, first):
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "FAIL", "COMPLETE"]
     assert {"tune-001", "tune-003"} <= set(exp_show(project))
     assert "trial   3 COMPLETE" in out
+    assert trials[3].params != trials[1].params, "the resumed sampler replayed a draw"

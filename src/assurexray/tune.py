@@ -71,10 +71,12 @@ def open_study(root: Path, name: str, config: TuneParams, seed: int,
                fixed: list[str]) -> optuna.Study:
     """The study in ``root/study.db``, created or resumed; fixed overrides must match."""
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    sampler = (optuna.samplers.TPESampler(seed=seed) if config.sampler == "tpe"
-               else optuna.samplers.RandomSampler(seed=seed))
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{root / 'study.db'}",
-                                direction="maximize", sampler=sampler, load_if_exists=True)
+                                direction="maximize", load_if_exists=True)
+    # A resumed study must not replay the first session's draws: offset the seed by the trials.
+    sampler_seed = seed + len(study.trials)
+    study.sampler = (optuna.samplers.TPESampler(seed=sampler_seed) if config.sampler == "tpe"
+                     else optuna.samplers.RandomSampler(seed=sampler_seed))
     before = study.user_attrs.get("fixed")
     if before is None:
         study.set_user_attr("fixed", list(fixed))
