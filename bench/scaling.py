@@ -56,8 +56,8 @@ def main() -> int:
 
 def run_grid(sizes: list[int], backbones: list[str], fixed: list[str]) -> int:
     done = experiments()
-    for backbone in backbones:
-        for size in sizes:
+    for size in sizes:  # smallest first: an interrupted grid still has a curve
+        for backbone in backbones:
             name = f"{PREFIX}{backbone}-{size}"
             if name in done:
                 continue

@@ -12,9 +12,6 @@ from assurexray.tune import _yaml_value, distributions
 from test_end_to_end import run
 from tiny_project import make_project
 
-SPACE = {"model.backbone": {"type": "choice", "low": None, "high": None, "log": False,
-                            "choices": ["resnet18", "no_such_net"]},
-         "train.lr": {"type": "float", "low": 0.0005, "high": 0.005, "log": True, "choices": None}}
 TUNE = [sys.executable, "-m", "assurexray.cli", "tune", "--set", "train.epochs=1"]
 
 
@@ -51,16 +48,17 @@ def exp_show(root) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """The tiny project with its data stages run and committed, and a study whose first
-    trial is queued to fail (a backbone timm does not know)."""
-    root = make_project(tmp_path_factory.mktemp("tune"), {"tune": {"space": SPACE}})
+    """The tiny project (params.yaml's search space) with its data stages run and committed,
+    and a study whose first trial is queued to fail: a dropout of 1.5, outside the space
+    (Optuna warns and keeps it), makes the train stage stop with an error."""
+    root = make_project(tmp_path_factory.mktemp("tune"))
     run(["dvc", "repro", "preprocess"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "data stages"], root)
     (root / ".tune").mkdir()
     optuna.create_study(study_name="tune", storage=f"sqlite:///{root / '.tune/study.db'}",
                         direction="maximize").enqueue_trial(
-        {"model.backbone": "no_such_net", "train.lr": 0.001})
+        {"model.dropout": 1.5})
     return root
 
 
@@ -73,7 +71,7 @@ def test_a_failed_trial_is_kept_with_its_log_and_the_search_goes_on(project, fir
     trials = study(project).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     log = (project / trials[0].user_attrs["log"]).read_text()
-    assert "no_such_net" in log and "FAILED" in log
+    assert "dropout probability has to be between 0 and 1" in log and "FAILED" in log
     assert trials[0].user_attrs["log"] in first
 
 
