@@ -27,8 +27,11 @@ import yaml
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.evaluation.bootstrap import bootstrap_metrics, read_groups, read_predictions
+from assurexray.params import ModelParams, TrainParams
 
 PREFIX = "scale-"
+# A preset may give up this much validation AUC for a cheaper run.
+PRESET_SLACK = 0.01
 DVC = [sys.executable, "-m", "dvc"]
 
 
@@ -109,6 +112,35 @@ def frontier(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not beaten(r)]
 
 
+def cpu_preset(rows: list[dict]) -> dict:
+    """The cheapest frontier point within PRESET_SLACK of the best validation AUC."""
+    front = frontier(rows)
+    best = max(r["val_macro_auc"]["value"] for r in front)
+    return min((r for r in front if r["val_macro_auc"]["value"] >= best - PRESET_SLACK),
+               key=lambda r: r["train_minutes"])
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """Where the default configuration sits, and the preset the frontier suggests."""
+    default = next((r for r in rows if r["backbone"] == ModelParams().backbone
+                    and r["image_size"] == TrainParams().image_size), None)
+    pick = cpu_preset(rows)
+    lines = ["## Reading the curve", ""]
+    if default is not None:
+        where = ("on the frontier" if default["frontier"] else
+                 "below the frontier: " + ", ".join(
+                     f"{r['backbone']} at {r['image_size']} px"
+                     for r in rows if r["frontier"] and r["train_minutes"] <= default["train_minutes"]
+                     and r["val_macro_auc"]["value"] > default["val_macro_auc"]["value"])
+                 + " reach a higher validation AUC in no more training time")
+        lines += [f"The default ({default['backbone']} at {default['image_size']} px) is {where}.", ""]
+    lines += [f"CPU preset (cheapest frontier point within {PRESET_SLACK} of the best validation "
+              f"AUC): `-S model.backbone={pick['backbone']} -S train.image_size={pick['image_size']}`"
+              f" ({pick['train_minutes']:.1f} training minutes here, validation AUC "
+              f"{pick['val_macro_auc']['value']:.3f}).", ""]
+    return lines
+
+
 def write_report(rows: list[dict], args) -> None:
     front = {r["experiment"] for r in frontier(rows)}
     for r in rows:
@@ -143,7 +175,7 @@ def render(rows: list[dict], command: str) -> str:
                      f"{r['train_images_per_second']:.1f} | {r['epoch_seconds']:.0f} | "
                      f"{r['train_minutes']:.1f} | {r['peak_memory_mb']:.0f} | "
                      f"{'yes' if r['frontier'] else ''} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + reading(rows))
 
 
 def dvc(*args: str) -> None:
