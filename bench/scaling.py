@@ -20,14 +20,17 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import dvc.api
+import torch
 import yaml
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.evaluation.bootstrap import bootstrap_metrics, read_groups, read_predictions
 from assurexray.params import ModelParams, TrainParams
+from assurexray.training.models import build_model
 
 PREFIX = "scale-"
 # A preset may give up this much validation AUC for a cheaper run.
@@ -44,16 +47,27 @@ def main() -> int:
     grid.add_argument("--backbones", nargs="+", required=True)
     grid.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every point (dvc exp run -S), repeatable")
+    cost = sub.add_parser("cost", help="CPU-seconds per training image, every grid point")
+    cost.add_argument("--sizes", type=int, nargs="+", required=True)
+    cost.add_argument("--backbones", nargs="+", required=True)
+    cost.add_argument("--steps", type=int, default=3)
+    cost.add_argument("--out", type=Path, default=Path("bench/scaling_cost.json"))
     report = sub.add_parser("report", help="write docs/scaling.md and the plot data")
     report.add_argument("--out", type=Path, default=Path("docs/scaling.md"))
     report.add_argument("--plots", type=Path, default=Path("plots/scaling"))
     report.add_argument("--json", type=Path, default=Path("bench/scaling.json"))
     report.add_argument("--command", default="", help="the `run` command line, for the doc")
+    report.add_argument("--cost", type=Path, default=Path("bench/scaling_cost.json"))
     args = parser.parse_args()
     if args.command == "run":
         return run_grid(args.sizes, args.backbones, args.fixed)
+    if args.command == "cost":
+        rows = [step_cost(b, s, args.steps) for s in args.sizes for b in args.backbones]
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
     rows = [measure(name, sha) for name, sha in experiments().items()]
-    write_report(sorted(rows, key=lambda r: (r["backbone"], r["image_size"])), args)
+    cost = json.loads(args.cost.read_text()) if args.cost.exists() else []
+    write_report(sorted(rows, key=lambda r: (r["backbone"], r["image_size"])), args, cost)
     return 0
 
 
@@ -70,6 +84,26 @@ def run_grid(sizes: list[int], backbones: list[str], fixed: list[str]) -> int:
     # One worker, so each run has the machine to itself and its timings are its own;
     # `--run-all` starts the queue and blocks until it is empty.
     return subprocess.run([*DVC, "exp", "run", "--run-all", "--jobs", "1"], check=False).returncode
+
+
+def step_cost(backbone: str, size: int, steps: int, batch: int = 16) -> dict:
+    """CPU-seconds per training image (forward, backward, AdamW step) on ONE thread.
+
+    Process CPU time, not wall time: other jobs on a shared machine barely move it, so
+    points measured at different moments compare."""
+    torch.set_num_threads(1)
+    model = build_model(backbone, 3).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images, labels = torch.randn(batch, 3, size, size), torch.arange(batch) % 3
+    for i in range(steps + 1):  # the first step allocates and is not counted
+        if i == 1:
+            started = time.process_time()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    cpu = (time.process_time() - started) / (steps * batch)
+    print(f"{backbone} {size}px: {cpu * 1000:.1f} CPU-ms per training image", flush=True)
+    return {"backbone": backbone, "image_size": size, "cpu_seconds_per_image": cpu}
 
 
 def experiments() -> dict[str, str]:
@@ -134,6 +168,12 @@ def reading(rows: list[dict]) -> list[str]:
                      and r["val_macro_auc"]["value"] > default["val_macro_auc"]["value"])
                  + " reach a higher validation AUC in no more training time")
         lines += [f"The default ({default['backbone']} at {default['image_size']} px) is {where}.", ""]
+    short = sorted({r["epochs"] for r in rows if r["epochs"] < TrainParams().epochs})
+    if short:
+        lines += [f"**Runs of {', '.join(map(str, short))} epoch(s), shorter than the default "
+                  f"{TrainParams().epochs}: their AUCs rank early learning speed, not where "
+                  "training ends; the preset below is provisional until the grid runs in full.**",
+                  ""]
     lines += [f"CPU preset (cheapest frontier point within {PRESET_SLACK} of the best validation "
               f"AUC): `-S model.backbone={pick['backbone']} -S train.image_size={pick['image_size']}`"
               f" ({pick['train_minutes']:.1f} training minutes here, validation AUC "
@@ -141,7 +181,7 @@ def reading(rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(rows: list[dict], args) -> None:
+def write_report(rows: list[dict], args, cost: list[dict] = ()) -> None:
     front = {r["experiment"] for r in frontier(rows)}
     for r in rows:
         r["frontier"] = r["experiment"] in front
@@ -154,7 +194,7 @@ def write_report(rows: list[dict], args) -> None:
                "images_per_second": round(r["train_images_per_second"], 1),
                "run": f"{r['backbone']} {r['image_size']}px"} for r in rows]
     (args.plots / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
-    args.out.write_text(render(rows, args.command))
+    args.out.write_text(render(rows, args.command) + render_cost(cost))
 
 
 def render(rows: list[dict], command: str) -> str:
@@ -176,6 +216,26 @@ def render(rows: list[dict], command: str) -> str:
                      f"{r['train_minutes']:.1f} | {r['peak_memory_mb']:.0f} | "
                      f"{'yes' if r['frontier'] else ''} |")
     return "\n".join(lines + [""] + reading(rows))
+
+
+def render_cost(cost: list[dict]) -> str:
+    """CPU-seconds per training image for every backbone x size (`cost` subcommand)."""
+    if not cost:
+        return ""
+    sizes = sorted({c["image_size"] for c in cost})
+    backbones = list(dict.fromkeys(c["backbone"] for c in cost))
+    value = {(c["backbone"], c["image_size"]): c["cpu_seconds_per_image"] for c in cost}
+    lines = ["## Training cost per image, every grid point", "",
+             "CPU-milliseconds per training image (forward, backward, AdamW step; batch 16, one "
+             "thread, process CPU time): `python bench/scaling.py cost --sizes "
+             f"{' '.join(map(str, sizes))} --backbones {' '.join(backbones)}`. An epoch of N "
+             "images costs about N x this in CPU time, plus data loading and validation.", "",
+             "| backbone | " + " | ".join(f"{s} px" for s in sizes) + " |",
+             "| --- |" + " --- |" * len(sizes)]
+    for b in backbones:
+        lines.append(f"| {b} | " + " | ".join(
+            f"{value[(b, s)] * 1000:.0f}" if (b, s) in value else "" for s in sizes) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def dvc(*args: str) -> None:
