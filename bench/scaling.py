@@ -79,7 +79,7 @@ def run_grid(sizes: list[int], backbones: list[str], fixed: list[str]) -> int:
             if name in done:
                 continue
             sets = [f"model.backbone={backbone}", f"train.image_size={size}", *fixed]
-            dvc("exp", "run", "--queue", "-n", name, *(a for s in sets for a in ("-S", s)),
+            run_dvc("exp", "run", "--queue", "-n", name, *(a for s in sets for a in ("-S", s)),
                 "analyze")
     # One worker, so each run has the machine to itself and its timings are its own;
     # `--run-all` starts the queue and blocks until it is empty.
@@ -174,6 +174,10 @@ def reading(rows: list[dict]) -> list[str]:
                   f"{TrainParams().epochs}: their AUCs rank early learning speed, not where "
                   "training ends; the preset below is provisional until the grid runs in full.**",
                   ""]
+    learned = [r for r in rows if r["val_macro_auc"]["value"] > 0.5]
+    if len(learned) < 2:
+        return lines + ["No CPU preset yet: the grid holds fewer than two points with a "
+                        "validation AUC above chance (0.5).", ""]
     lines += [f"CPU preset (cheapest frontier point within {PRESET_SLACK} of the best validation "
               f"AUC): `-S model.backbone={pick['backbone']} -S train.image_size={pick['image_size']}`"
               f" ({pick['train_minutes']:.1f} training minutes here, validation AUC "
@@ -215,7 +219,9 @@ def render(rows: list[dict], command: str) -> str:
                      f"{r['train_images_per_second']:.1f} | {r['epoch_seconds']:.0f} | "
                      f"{r['train_minutes']:.1f} | {r['peak_memory_mb']:.0f} | "
                      f"{'yes' if r['frontier'] else ''} |")
-    return "\n".join(lines + [""] + reading(rows))
+    lines += ["", "Wall-clock columns (images/s, epoch s, train min) depend on what else ran on "
+              "the machine at the time; the CPU cost table below does not.", ""]
+    return "\n".join(lines + reading(rows)) + "\n"
 
 
 def render_cost(cost: list[dict]) -> str:
@@ -238,7 +244,7 @@ def render_cost(cost: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dvc(*args: str) -> None:
+def run_dvc(*args: str) -> None:
     subprocess.run([*DVC, *args], check=True)
 
 

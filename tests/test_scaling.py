@@ -21,13 +21,22 @@ def test_frontier_keeps_points_nothing_cheaper_beats_on_validation():
     assert [r["experiment"] for r in scaling.frontier(rows)] == ["cheap", "best"]
 
 
-def test_report_names_every_point_and_the_notice(tmp_path):
-    rows = [point("a", 1, 0.7, 0.6), point("b", 2, 0.8, 0.7)]
+def report(tmp_path, rows) -> str:
     args = type("Args", (), {"out": tmp_path / "s.md", "plots": tmp_path / "p",
                              "json": tmp_path / "s.json", "command": "python bench/scaling.py run"})
     scaling.write_report(rows, args)
-    text = args.out.read_text()
+    assert (args.plots / "frontier.json").exists()
+    return args.out.read_text()
+
+
+def test_report_names_every_point_and_the_notice(tmp_path):
+    text = report(tmp_path, [point("a", 1, 0.7, 0.6), point("b", 2, 0.8, 0.7),
+                             point("c", 9, 0.81, 0.7)])
     assert "Research use only" in text and "not BTXRD" in text
     assert "| a | 96 | 2 | 0.700 (0.650-0.750) |" in text
-    assert (args.plots / "frontier.json").exists()
     assert "CPU preset" in text and "-S model.backbone=b -S train.image_size=96" in text
+
+
+def test_no_preset_from_points_that_learned_nothing(tmp_path):
+    text = report(tmp_path, [point("a", 1, 0.45, 0.5)])
+    assert "No CPU preset yet" in text and "-S model.backbone" not in text
