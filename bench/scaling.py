@@ -172,7 +172,7 @@ def reading(rows: list[dict]) -> list[str]:
     if short:
         lines += [f"**Runs of {', '.join(map(str, short))} epoch(s), shorter than the default "
                   f"{TrainParams().epochs}: their AUCs rank early learning speed, not where "
-                  "training ends; the preset below is provisional until the grid runs in full.**",
+                  "training ends; any preset below is provisional until the grid runs in full.**",
                   ""]
     learned = [r for r in rows if r["val_macro_auc"]["value"] > 0.5]
     if len(learned) < 2:
