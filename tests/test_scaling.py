@@ -12,7 +12,8 @@ def point(name, minutes, val, test):
     auc = lambda v: {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05}  # noqa: E731
     return {"experiment": name, "backbone": name, "image_size": 96, "epochs": 2,
             "train_minutes": minutes, "val_macro_auc": auc(val), "test_macro_auc": auc(test),
-            "train_images_per_second": 10.0, "epoch_seconds": 60.0, "peak_memory_mb": 900.0}
+            "train_images_per_second": 10.0, "epoch_seconds": 60.0, "peak_memory_mb": 900.0,
+            "train_images": 100}
 
 
 def test_frontier_keeps_points_nothing_cheaper_beats_on_validation():
