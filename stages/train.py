@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 from assurexray.console import run_main
@@ -9,19 +10,23 @@ from assurexray.data.cache import ImageCache
 from assurexray.data.datasets import read_split
 from assurexray.data.schema import DatasetInfo
 from assurexray.params import load_params
+from assurexray.training import distributed
 from assurexray.training.checkpoint import save_checkpoint
 from assurexray.training.loop import SplitData, train_classifier
 
 log = logging.getLogger("train")
 
 
-def main() -> None:
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__)
     for name in ("params", "cache", "splits", "info", "model", "resume-dir", "live"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
 
     params = load_params(args.params)
+    if params.train.devices > 1 and not distributed.under_torchrun():
+        # the same command, once per device; multi-node jobs start it under torchrun directly
+        return distributed.relaunch(params.train.devices, __file__, sys.argv[1:])
     if params.train.seed is not None:  # vary training alone: data, split and evaluation keep theirs
         params = dataclasses.replace(params, seed=params.train.seed)
     classes = DatasetInfo.load(args.info).classes
@@ -29,6 +34,8 @@ def main() -> None:
                   for part in ("train", "val"))
     model, meta = train_classifier(params, ImageCache(args.cache), classes, train, val,
                                    args.resume_dir, args.live)
+    if not distributed.is_main_process():
+        return None
     save_checkpoint(args.model, model, meta)
     log.info("wrote %s (epoch %d, val macro AUC %.4f)", args.model, meta.epoch + 1,
              meta.best_val_macro_auc)

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "assurexray"
 # (The evaluation wing is pure numerics on predictions and needs no model; training reads it.)
 BASE = {"__init__", "errors", "console", "params"}
 WINGS = ["data", "evaluation", "training", "inference", "explain", "anomaly", "reporting", "serve"]
-TOP = {"predict", "cli"}
+TOP = {"predict", "cli", "tune"}
 MAX_LINES = 420
 
 

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "compare": ("assurexray.reporting.compare", "compare the stratified and center-holdout experiments"),
     "serve": ("assurexray.serve.command", "serve a trained model over HTTP (API and web viewer)"),
     "drift": ("assurexray.serve.drift_command", "drift report of a folder or CSV of images"),
+    "tune": ("assurexray.tune", "hyperparameter search, one DVC experiment per Optuna trial"),
 }
 
 

@@ -106,6 +106,10 @@ class TrainParams:
     deterministic: bool = True
     num_workers: int = 0
     seed: int | None = None  # training's own seed (init, batches, augmentation); null = top-level
+    devices: int = 1            # > 1: DDP through torchrun, one process per device
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"  # GPU autocast; CPU always fp32
+    channels_last: bool = True  # GPU only
+
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,57 @@ class AnomalyParams:
 
 
 @dataclass(frozen=True)
+class SearchDim:
+    """One tuned key: a float or int range (``log`` for a log scale) or a list of choices."""
+    type: Literal["float", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float | bool] | None = None
+
+    def check(self, key: str) -> None:
+        if self.type == "choice":
+            if not self.choices:
+                raise ParamsError(f"'{key}.choices' must list at least one value")
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ParamsError(f"'{key}' needs low < high, got {self.low}..{self.high}")
+        if self.log and self.low <= 0:
+            raise ParamsError(f"'{key}': a log range needs low > 0, got {self.low}")
+        if self.type == "int" and not (float(self.low).is_integer()
+                                       and float(self.high).is_integer()):
+            raise ParamsError(f"'{key}': an int range needs whole low and high")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    sampler: Literal["tpe", "random"] = "tpe"
+    metric: str = "best_val_macro_auc"  # a key of metrics_file: validation, never test
+    metrics_file: str = "dvclive/train/metrics.json"
+    target: str = "train"               # the stage each trial reproduces up to
+    space: dict[str, SearchDim] = field(default_factory=lambda: {
+        "train.lr": SearchDim("float", 0.0003, 0.005, log=True),
+        "train.weight_decay": SearchDim("float", 0.001, 0.1, log=True),
+        "model.dropout": SearchDim("float", 0.0, 0.5)})
+
+    def __post_init__(self):
+        for key, dim in self.space.items():
+            if key.split(".")[0] == "tune" or not _is_param_path(Params, key.split(".")):
+                raise ParamsError(f"'tune.space.{key}' does not name a tunable key of params.yaml")
+            dim.check(f"tune.space.{key}")
+
+
+def _is_param_path(cls, parts: list[str]) -> bool:
+    hints = typing.get_type_hints(cls)
+    if parts[0] not in hints:
+        return False
+    inner = hints[parts[0]]
+    if len(parts) == 1:
+        return not dataclasses.is_dataclass(inner)
+    return dataclasses.is_dataclass(inner) and _is_param_path(inner, parts[1:])
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     split: Literal["stratified", "center"] = "stratified"
@@ -259,6 +314,7 @@ class Params:
     ood: OodParams = field(default_factory=OodParams)
     serve: ServeParams = field(default_factory=ServeParams)
     anomaly: AnomalyParams = field(default_factory=AnomalyParams)
+    tune: TuneParams = field(default_factory=TuneParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -306,6 +362,9 @@ def check_ranges(p: Params) -> None:
         ("train.image_size", 8 <= t.image_size <= p.preprocess.cache_size,
          ">= 8 and <= preprocess.cache_size (training reads the cache; raise both together)"),
         ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images per batch)"),
+        ("train.devices", t.devices >= 1, ">= 1"),
+        ("train.batch_size", t.batch_size % max(1, t.devices) == 0,
+         "a multiple of train.devices (it is the global batch, split across devices)"),
         ("train.epochs", t.epochs >= 1, ">= 1"),
         ("train.lr", t.lr > 0, "> 0"),
         ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
@@ -383,6 +442,10 @@ def _coerce(tp, value, key: str):
         if value not in args:
             raise ParamsError(f"'{key}' must be one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ParamsError(f"'{key}' must be a list, got {value!r}")

@@ -87,11 +87,13 @@ def read_split(path: str | Path, classes: Sequence[str]) -> tuple[list[str], np.
 
 
 def make_loader(dataset: ReseedableDataset, batch_size: int, shuffle: bool, num_workers: int,
-                seed: int, drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose shuffling and worker seeds come from its own generator."""
+                seed: int, drop_last: bool = False, sampler=None) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds come from its own generator
+    (``sampler``, e.g. a distributed one, replaces ``shuffle``)."""
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(cast(Dataset, dataset), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+    return DataLoader(cast(Dataset, dataset), batch_size=batch_size, shuffle=shuffle,
+                      sampler=sampler, num_workers=num_workers,
                       generator=generator, worker_init_fn=_seed_worker, drop_last=drop_last,
                       pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)  # workers restart, with this epoch's seed

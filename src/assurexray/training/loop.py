@@ -29,21 +29,23 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from assurexray.console import progress
 from assurexray.data import datasets, transforms
-from assurexray.data.datasets import CachedDataset, make_loader, seed_epoch
+from assurexray.data.datasets import CachedDataset, seed_epoch
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from assurexray.evaluation import metrics
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.params import Params, TrainParams, to_dict
-from assurexray.training import losses, models
+from assurexray.training import distributed, losses, models
 from assurexray.training.checkpoint import CheckpointMeta, atomic_save
+from assurexray.training.distributed import Dist
 from assurexray.training.losses import build_loss
 from assurexray.training.models import build_model, default_device
+from assurexray.training.resources import Stopwatch
 
 log = logging.getLogger(__name__)
 
 RESUME_FILE = "last.pt"
 # Modules whose code shapes a training run: a change there invalidates a resume state.
-_CODE = (models, transforms, datasets, losses, metrics, sys.modules[__name__])
+_CODE = (models, transforms, datasets, losses, metrics, distributed, sys.modules[__name__])
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,14 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     if len(train.image_ids) < 2 or tp.epochs < 1:
         raise ValueError("training needs at least 2 training images and train.epochs >= 1")
     seed_everything(params.seed, tp.deterministic)
-    device = default_device()
+    ddp = distributed.start(default_device().type)
+    device = distributed.process_device(ddp, default_device())
     train_set = CachedDataset(cache, train.image_ids, train.labels,
                               train_transform(tp, tp.image_size, IMAGENET_MEAN, IMAGENET_STD))
     val_set = CachedDataset(cache, val.image_ids, val.labels,
                             eval_transform(tp.image_size, IMAGENET_MEAN, IMAGENET_STD))
-    # A last batch of one image would break BatchNorm's batch statistics.
-    train_loader = make_loader(train_set, tp.batch_size, True, tp.num_workers, params.seed,
-                               drop_last=len(train_set) % tp.batch_size == 1)
-    val_loader = make_loader(val_set, tp.batch_size, False, tp.num_workers, params.seed)
+    train_loader = ddp.train_loader(train_set, tp.batch_size, tp.num_workers, params.seed)
+    val_loader = ddp.eval_loader(val_set, tp.batch_size, tp.num_workers, params.seed)
     model = build_model(mp.backbone, len(classes), mp.pretrained, mp.weights_path, mp.dropout)
     counts = np.bincount(train.labels, minlength=len(classes))
     criterion = build_loss(tp.loss, counts.tolist(), tp.focal_gamma)
@@ -88,8 +89,11 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     fingerprint = run_fingerprint(params, classes, train, val, cache_size)
     log.info("training %s on %d images (%s), validating on %d; device %s",
              mp.backbone, len(train_set), dict(zip(classes, counts.tolist())), len(val_set), device)
-    best_state, state = fit(model, criterion, train_loader, val_loader, tp, params.seed, device,
-                            Path(resume_dir) / RESUME_FILE, live_dir, fingerprint)
+    try:
+        best_state, state = fit(model, criterion, train_loader, val_loader, tp, params.seed,
+                                device, Path(resume_dir) / RESUME_FILE, live_dir, fingerprint, ddp)
+    finally:
+        distributed.stop()
     model.load_state_dict(best_state)
     meta = CheckpointMeta(
         backbone=mp.backbone, classes=list(classes), image_size=tp.image_size,
@@ -101,26 +105,32 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
 
 def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config: TrainParams,
         seed: int, device: torch.device, resume_path: Path, live_dir: str | Path,
-        fingerprint: str) -> tuple[dict, TrainState]:
-    """Run (or resume) the epochs; return the best weights and the final loop state."""
-    amp = device.type == "cuda"
+        fingerprint: str, ddp: Dist = Dist()) -> tuple[dict, TrainState]:
+    """Run (or resume) the epochs; return the best weights and the final loop state.
+
+    ``model`` stays the plain module (its state dict has no DDP prefixes); the loop trains
+    it through ``ddp.wrap``. Only rank 0 logs, writes dvclive and saves the resume state.
+    """
+    amp, amp_dtype, channels_last = distributed.precision(device, config)
     model.to(device)
-    if amp:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     criterion.to(device)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, config.weight_decay),
                                   lr=config.lr)
     steps = len(train_loader)
     scheduler = warmup_cosine(optimizer, config.warmup_epochs * steps, config.epochs * steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    loop = Loop(model, criterion, optimizer, scheduler, scaler, device, amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    loop = Loop(ddp.wrap(model, device), criterion, optimizer, scheduler, scaler, device, amp,
+                amp_dtype, channels_last, ddp)
     state, best_state = loop.resume(resume_path, fingerprint)
-    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
+    with ddp.live(live_dir) as live:
         for record in state.history:  # DVC cleared the outputs: replay the finished epochs
             _log_epoch(live, record)
         while state.epoch < config.epochs and not state.finished:
             started = time.perf_counter()
             seed_epoch(train_loader, seed, state.epoch)
+            ddp.set_epoch(train_loader, seed, state.epoch)
             desc = f"epoch {state.epoch + 1}/{config.epochs}"
             record = {"train_loss": loop.train_epoch(train_loader, desc),
                       **loop.validate(val_loader), "lr": scheduler.get_last_lr()[0]}
@@ -136,12 +146,14 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config
                      " best" if state.best_epoch == state.epoch else "")
             state.epoch += 1
             state.finished = state.epoch >= config.epochs or 0 < config.patience <= state.bad_epochs
-            loop.save(resume_path, fingerprint, state, best_state)
+            if ddp.main:
+                loop.save(resume_path, fingerprint, state, best_state)
         if state.bad_epochs and state.epoch < config.epochs:
             log.info("early stop: no %s gain for %d epochs", state.selection, state.bad_epochs)
         live.summary["best_epoch"] = state.best_epoch
         live.summary["best_val_macro_auc"] = state.history[state.best_epoch]["val_macro_auc"]
         live.summary["selection_metric"] = state.selection
+        live.summary.update(loop.stopwatch.summary(len(train_loader.dataset), device))
     if best_state is None:  # params guarantee train.epochs >= 1, so an epoch always ran
         raise RuntimeError("training finished without a completed epoch")
     return best_state, state
@@ -168,13 +180,21 @@ class Loop:
     scaler: torch.amp.GradScaler
     device: torch.device
     amp: bool
+    amp_dtype: torch.dtype = torch.float16
+    channels_last: bool = False
+    ddp: Dist = Dist()
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
 
     def train_epoch(self, loader, desc: str) -> float:
+        with self.stopwatch.phase("train"):
+            return self._train_epoch(loader, desc)
+
+    def _train_epoch(self, loader, desc: str) -> float:
         self.model.train()
         total, count = 0.0, 0
         for images, labels in progress(loader, desc=desc, unit="batch", leave=False):
             images, labels = self._to_device(images, labels)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 loss = self.criterion(self.model(images), labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -183,18 +203,22 @@ class Loop:
             self.scheduler.step()
             total += loss.item() * len(labels)
             count += len(labels)
-        return total / count
+        return self.ddp.mean(total, count)
+
+    def validate(self, loader) -> dict:
+        with self.stopwatch.phase("val"):
+            return self._validate(loader)
 
     @torch.inference_mode()
-    def validate(self, loader) -> dict:
+    def _validate(self, loader) -> dict:
         self.model.eval()
         all_logits, all_labels = [], []
         for images, labels in loader:
             images, labels = self._to_device(images, labels)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 all_logits.append(self.model(images).float())
             all_labels.append(labels)
-        logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+        logits, labels = self.ddp.gather(torch.cat(all_logits), torch.cat(all_labels))
         probs = logits.softmax(dim=1).cpu().numpy()
         # macro AUC over the classes present (NaN if none), as the evaluate stage reports it
         scores = classification_metrics(labels.cpu().numpy(), probs, range(probs.shape[1]))
@@ -202,24 +226,24 @@ class Loop:
                 "val_macro_auc": scores["macro_auc"], "val_accuracy": scores["accuracy"]}
 
     def _to_device(self, images, labels):
-        fmt = torch.channels_last if self.amp else torch.preserve_format
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
         return (images.to(self.device, non_blocking=True, memory_format=fmt),
                 labels.to(self.device, non_blocking=True))
 
     def save(self, path: Path, fingerprint: str, state: TrainState,
              best_state: dict | None) -> None:
         atomic_save({"fingerprint": fingerprint, "state": asdict(state),
-                     "model": self.model.state_dict(), "best_model": best_state,
+                     "model": distributed.unwrap(self.model).state_dict(), "best_model": best_state,
                      "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": rng_state()}, path)
 
     def resume(self, path: Path, fingerprint: str) -> tuple[TrainState, dict | None]:
         """Restore from ``path`` when it continues this very run, else a fresh state."""
-        saved = _read_resume(path, fingerprint)
+        saved = self.ddp.from_main(_read_resume(path, fingerprint) if self.ddp.main else None)
         if saved is None:
             return TrainState(), None
-        self.model.load_state_dict(saved["model"])
+        distributed.unwrap(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if saved["scaler"]:  # empty when saved by a disabled (CPU) scaler
