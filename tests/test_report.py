@@ -159,6 +159,18 @@ METRICS = {
                                   "lerf": {"20": -0.05, "80": 0.0}, "combined": 0.0625}},
         "gallery": {"n_images": 9}},
     "analysis.json": ANALYSIS,
+    "anomaly.json": {  # anomaly_summary's layout: comparison per model, identity per autoencoder
+        "comparison": {name: {"score": score, "auc": {"value": auc, "ci_low": auc - 0.05,
+                                                      "ci_high": auc + 0.05},
+                              "auc_minus_classifier": None if name == "classifier" else
+                              {"value": auc - 0.9, "ci_low": auc - 0.95, "ci_high": auc - 0.85},
+                              "auc_by_class": {"Benign": {"value": auc}, "Malignant": {"value": auc}},
+                              "localization": {"pointing_game": 0.3, "chance": 0.05,
+                                               "energy_pointing": 0.1, "iou_box": 0.1}}
+                       for name, score, auc in (("classifier", "1 - P(Normal)", 0.9),
+                                                ("unet", "mse", 0.55))},
+        "architectures": {"unet": {"identity": {"n": 32, "lesion_copy": 0.94, "error_ratio": 1.2,
+                                                "pointing_game": 0.26, "chance": 0.05}}}},
 }
 TRAIN = {"train_loss": 0.61234, "val_loss": 0.7, "val_macro_auc": 0.79, "val_accuracy": 0.68,
          "lr": 0.0, "step": 11, "best_epoch": 8, "best_val_macro_auc": 0.8011}

@@ -59,7 +59,7 @@ CONTEXTS = {
         params_split="stratified", published=PUBLISHED, caveats=["- a caveat"],
         **{k: missing(k) for k in ("audit", "split", "training", "headline", "evaluation",
                                    "calibration", "operating_points", "subgroups", "robustness",
-                                   "gradcam")}),
+                                   "gradcam", "anomaly")}),
     "model_card.md.j2": dict(
         info=None, training_data="the twin", classes="Normal, Malignant", n_bins=None,
         split="stratified", design=sections.split_design(Params()), published=PUBLISHED,

@@ -8,7 +8,6 @@ takes the default written in its dataclass below (the value params.yaml ships wi
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,7 @@ from typing import Literal
 
 import yaml
 
-from assurexray.errors import AssureXRayError
-
-
-class ParamsError(AssureXRayError, ValueError):
-    """params.yaml does not match the schema; the message names the offending key."""
+from assurexray.typed_dicts import ParamsError, from_dict
 
 
 @dataclass(frozen=True)
@@ -151,12 +146,12 @@ class RobustnessParams:
 # nothing (tests/test_reproducibility.py). Worker counts give identical outputs; the inference
 # batch size moves logits only in the last float bits. explain.batch_size is NOT one of them:
 # ROAD draws its imputation noise per batch.
-# Keys no stage tracks: they change how fast or where things run, not a result. The serve
-# section configures the service, which no stage runs.
+# Keys (or whole sections) no stage tracks: they change how fast or where things run, not a
+# result. The serve section configures the service and tune the search, which no stage runs.
 RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "evaluate.batch_size",
                 "serve.max_batch", "serve.max_pixels",
                 "serve.max_upload_mb", "serve.micro_batch", "serve.micro_batch_wait_ms",
-                "serve.queue_size", "serve.request_timeout_s")
+                "serve.queue_size", "serve.request_timeout_s", "tune")
 
 
 @dataclass(frozen=True)
@@ -400,61 +395,6 @@ def _value(params: Params, key: str):
     for part in key.split("."):
         params = getattr(params, part)
     return params
-
-
-def from_dict(cls, raw, prefix: str = ""):
-    """Build dataclass ``cls`` from a mapping, checking every key and value type."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            raise ParamsError(
-                f"unknown key '{prefix}{key}' (allowed here: {', '.join(sorted(names))})")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            values[f.name] = _coerce(hints[f.name], raw[f.name], f"{prefix}{f.name}")
-    return cls(**values)
-
-
-def _coerce(tp, value, key: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for option in inner:
-            try:
-                return _coerce(option, value, key)
-            except ParamsError as exc:
-                errors.append(exc)
-        if len(inner) == 1:
-            raise errors[0]
-        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
-        raise ParamsError(f"'{key}' must be {names}, got {value!r} ({type(value).__name__})")
-    if origin is Literal:
-        if value not in args:
-            raise ParamsError(f"'{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"'{key}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise ParamsError(f"'{key}' must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ParamsError(f"'{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
-    return value
 
 
 def to_dict(params) -> dict:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # File names inside the metrics folder (the stages' contract, see docs/architecture.md).
 METRICS_FILES = {"audit": "audit.json", "split": "split.json", "evaluate": "evaluate.json",
                  "calibration": "calibration.json", "robustness": "robustness.json",
-                 "explain": "explain.json", "analysis": "analysis.json"}
+                 "explain": "explain.json", "analysis": "analysis.json", "anomaly": "anomaly.json"}
 SUBGROUPS_FILE = "subgroups.csv"
 # plots/ subfolder -> the report section that shows its figures; others go to an appendix.
 FIGURE_SECTIONS = {"audit": "audit", "evaluate": "results", "calibration": "calibration",
@@ -170,6 +170,7 @@ class Inputs:
     evaluate: Source
     calibration: Source
     robustness: Source
+    anomaly: Source
     explain: Source
     analysis: Source
     subgroups: Source

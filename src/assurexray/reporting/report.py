@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from assurexray.params import Params
+from assurexray.anomaly.compare import comparison_context
 from assurexray.reporting import sections
 from assurexray.reporting.inputs import Inputs, guarded
 from assurexray.reporting.render import ci, num, plain, relative_link, render, short
@@ -152,6 +153,8 @@ def context(inputs: Inputs, doc_dir: Path) -> dict:
         "subgroups": guarded(lambda: subgroups(i.subgroups.data, i.analysis), i.subgroups),
         "robustness": guarded(lambda: robustness(i.robustness.data), i.robustness),
         "gradcam": guarded(lambda: gradcam(i.explain.data), i.explain),
+        "anomaly": guarded(lambda: comparison_context(i.anomaly.data["comparison"],
+                                                      i.anomaly.data["architectures"]), i.anomaly),
         "published": sections.published(),
         "caveats": sections.run_specific_caveats(i),
     }

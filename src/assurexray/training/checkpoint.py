@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from assurexray.errors import AssureXRayError
-from assurexray.params import ParamsError, from_dict
 from assurexray.training.models import build_model
+from assurexray.typed_dicts import ParamsError, from_dict
 
 
 class CheckpointError(AssureXRayError, ValueError):
