@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assurexray.params import Params
 from assurexray.anomaly.compare import comparison_context
+from assurexray.params import Params
 from assurexray.reporting import sections
 from assurexray.reporting.inputs import Inputs, guarded
 from assurexray.reporting.render import ci, num, plain, relative_link, render, short
