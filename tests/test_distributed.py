@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from assurexray.data.datasets import read_split
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.inference.runner import load_for_inference, predict_images
-from assurexray.params import TrainParams
+from assurexray.params import Params, ParamsError, TrainParams, check_ranges
 from assurexray.training import distributed
 from assurexray.training.distributed import Dist
 from assurexray.training.loop import Loop, warmup_cosine
@@ -87,8 +87,8 @@ def test_relaunch_uses_a_private_rendezvous_and_shares_the_cores(monkeypatch, pr
 
 
 def test_global_batch_must_split_evenly():
-    with pytest.raises(ValueError, match="multiple of 'train.devices'"):
-        TrainParams(batch_size=15, devices=2)
+    with pytest.raises(ParamsError, match="'train.batch_size' must be a multiple of train.devices"):
+        check_ranges(Params(train=TrainParams(batch_size=15, devices=2)))
 
 
 # --- the train stage under dvc repro, 1 and 2 processes --------------------------------------

@@ -35,9 +35,10 @@ TINY = {
 
 
 def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s values, nested mappings merged, new keys added."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
@@ -53,7 +54,8 @@ def init_project(root: Path, overrides: dict) -> Path:
     params.yaml = the repository's with ``overrides`` merged in."""
     for name in ("stages", "src", "data/external"):  # data/external: the default data.tracked_path
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
