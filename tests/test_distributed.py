@@ -128,10 +128,10 @@ def test_ddp_validation_equals_a_recomputation_from_the_checkpoint(runs):
     root = runs[2]
     model, meta, cache, transform, device = load_for_inference(root / "models/model.pt",
                                                                root / "data/cache")
-    ids, labels = read_split(root / "data/splits/val.csv", meta["classes"])
-    preds = predict_images(model, cache, ids, labels, meta["classes"], transform, 16, device)
-    probs = preds.to_frame()[[f"prob_{c}" for c in meta["classes"]]].to_numpy()
-    recomputed = classification_metrics(labels, probs, range(len(meta["classes"])))["macro_auc"]
+    ids, labels = read_split(root / "data/splits/val.csv", meta.classes)
+    preds = predict_images(model, cache, ids, labels, meta.classes, transform, 16, device)
+    probs = preds.to_frame()[[f"prob_{c}" for c in meta.classes]].to_numpy()
+    recomputed = classification_metrics(labels, probs, range(len(meta.classes)))["macro_auc"]
     logged = json.loads((root / "dvclive/train/metrics.json").read_text())
     assert logged["best_val_macro_auc"] == pytest.approx(recomputed, abs=1e-5)
     assert len(ids) == len(set(ids)) and len(ids) >= 10
