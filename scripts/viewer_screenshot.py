@@ -5,7 +5,7 @@ Starts `assurexray serve` on a free loopback port, uploads IMAGE in headless Chr
 the browser test does, checks the bars equal the API's probabilities, saves the screenshot.
 
     python scripts/viewer_screenshot.py IMAGE --out docs/viewer.png [--checkpoint models/calibrated.pt
-        --reference models/reference.npz --analysis metrics/analysis.json]
+        --reference models/reference.npz]
 """
 import argparse
 import sys
@@ -24,10 +24,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/viewer.png"))
     parser.add_argument("--checkpoint", type=Path, default=Path("models/calibrated.pt"))
     parser.add_argument("--reference", type=Path, default=Path("models/reference.npz"))
-    parser.add_argument("--analysis", type=Path, default=Path("metrics/analysis.json"))
     args = parser.parse_args()
-    served = ServedModel(args.checkpoint.resolve(), args.reference.resolve(),
-                         args.analysis.resolve(), [])
+    served = ServedModel(args.checkpoint.resolve(), args.reference.resolve(), {}, [])
     log = args.out.with_suffix(".server.log")
     with running_server(served, log) as (base, proc):
         shown = predict_in_browser(base, args.image.resolve(), args.out)
