@@ -90,3 +90,15 @@ def test_reference_round_trip_and_checkpoint_guard(world):
     assert loaded.scorer.threshold == world["ref"].scorer.threshold
     with pytest.raises(ReferenceError, match="another checkpoint"):
         load_reference(path, "other-sha")
+
+
+def test_histogram_percentiles_equal_numpys():
+    """The statistics' fast path must give np.percentile's numbers (linear interpolation)."""
+    from assurexray.inference.features import PERCENTILES, uint8_percentiles
+    rng = np.random.default_rng(3)
+    for shape in ((1, 1), (7, 3), (256, 190)):
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        counts = np.bincount(img.ravel(), minlength=256)
+        np.testing.assert_allclose(uint8_percentiles(counts, PERCENTILES),
+                                   np.percentile(img.astype(np.float64), PERCENTILES), rtol=0,
+                                   atol=1e-9)
