@@ -106,14 +106,28 @@ def test_repro_experiment_and_metrics_diff(project):
     assert set(split["test"]["by_center"]) <= {"2", "3"}, "center split tested on center 1"
 
 
+def changed(value):
+    """Another value of the same kind, for every scalar inside ``value``."""
+    if isinstance(value, dict):
+        return {k: changed(v) for k, v in value.items()}
+    if isinstance(value, bool) or value is None:
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return f"{value}-changed" if isinstance(value, str) else value
+
+
 def test_runtime_settings_leave_dvc_status_clean(project):
     run(["dvc", "repro"], project)  # a no-op after the test above; the full run when run alone
     path = project / "params.yaml"
     original = path.read_text()
     params = yaml.safe_load(original)
-    for key in RUNTIME_KEYS:
-        section, leaf = key.split(".")
-        params[section][leaf] += 1
+    for key in RUNTIME_KEYS:  # a key, or a whole section (tune): change each of its settings
+        *parents, leaf = key.split(".")
+        holder = params
+        for part in parents:
+            holder = holder[part]
+        holder[leaf] = changed(holder[leaf])
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         assert "up to date" in run(["dvc", "status"], project).lower()
