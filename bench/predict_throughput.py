@@ -6,10 +6,12 @@ forward. Writes a JSON of the figures, with the machine's load average (other pr
 shared machine slow both sides, not necessarily alike) and the cost of turning one file into
 cache pixels with and without the reduced JPEG decode.
 
-    python bench/predict_throughput.py --out bench/predict_throughput.json [--checkpoint models/model.pt]
+    python bench/predict_throughput.py --out bench/predict_throughput.json \
+        [--checkpoint models/calibrated.pt --reference models/reference.npz]
 
 Without --checkpoint an untrained checkpoint of params.yaml's backbone and sizes is used (the
-weights do not change the speed).
+weights do not change the speed). With --reference (as `predict` finds it beside the
+checkpoint) every image also gets its out-of-distribution score, as in real use.
 """
 import argparse
 import json
@@ -27,7 +29,7 @@ from assurexray.data.cache import letterbox, letterboxed_file
 from assurexray.data.imageio import read_image
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from assurexray.inference.classifier import Classifier
-from assurexray.inference.reference import file_sha256
+from assurexray.inference.reference import file_sha256, load_reference
 from assurexray.params import load_params, to_dict
 from assurexray.predict import Predictor
 from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -40,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--reference", type=Path, help="the checkpoint's training reference")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--n", type=int, default=256, help="number of JPEGs")
     parser.add_argument("--side", type=int, default=1024, help="longer side of the JPEGs (px)")
@@ -55,14 +58,16 @@ def main() -> None:
         files = write_jpegs(tmp / "images", args.n, args.side)
         shape = (3, meta.image_size, meta.image_size)
         forward = timed(lambda: raw_forward(model, args.n, args.batch_size, shape, device), device)
-        predictor = Predictor(Classifier(model, meta, file_sha256(ckpt)), ckpt, args.batch_size,
-                              args.workers)
+        reference = load_reference(args.reference, file_sha256(ckpt)) if args.reference else None
+        predictor = Predictor(Classifier(model, meta, file_sha256(ckpt), reference), ckpt,
+                              args.batch_size, args.workers)
         predict = timed(lambda: sum(1 for _ in predictor.predict(files)), device)
         decode_ms = decode_costs(files, meta.cache_size)
     result = {"device": str(device), "torch_threads": torch.get_num_threads(),
               "backbone": meta.backbone, "image_size": meta.image_size,
               "cache_size": meta.cache_size, "n_images": args.n, "jpeg_side": args.side,
               "batch_size": args.batch_size, "workers": args.workers,
+              "ood_reference": args.reference is not None,
               "forward_images_per_s": args.n / forward, "predict_images_per_s": args.n / predict}
     result["predict_over_forward"] = result["predict_images_per_s"] / result["forward_images_per_s"]
     result["decode_letterbox_ms"] = decode_ms

@@ -31,12 +31,16 @@ def states(exps: list[dict]):
         yield top, top.get("rev") != "workspace"
         for group in top.get("experiments") or []:
             for state in group.get("revs", []):
-                yield state, False
+                yield {**state, "executor": group.get("executor")}, False
 
 
 def figures(state: dict) -> dict:
     """The headline figures of one state; a missing file or key is an error naming it."""
     data = state.get("data") or {}
+    executor = (state.get("executor") or {}).get("state")
+    if executor not in (None, "success"):  # queued or running: its metrics are the baseline's
+        raise SystemExit(f"error: run {state.get('name') or state['rev'][:7]} is {executor}, "
+                         "not finished (dvc queue status)")
     out = {}
     for name, (path, keys) in HEADLINE.items():
         value = (data.get("metrics", {}).get(path) or {}).get("data")

@@ -3,6 +3,7 @@
 # seeds (train.seed; data, split and evaluation stay fixed), run the queue, and write mean and
 # range over those runs and the committed one to metrics/seed_spread.json.
 #   scripts/seed_spread.sh [SEED ...]        default: 1 2 (with the committed run: 3 seeds)
+#   JOBS=2 scripts/seed_spread.sh           run two seeds at once (training is one thread each)
 # The committed run must be up to date (`dvc status` clean); each seed costs one training and
 # the stages after it (about 7 min on 2 CPU cores at the defaults).
 source "$(dirname "$0")/env.sh"
@@ -12,8 +13,9 @@ for seed in "${seeds[@]}"; do
   dvc exp remove "seed-$seed" >/dev/null 2>&1 || true   # a previous spread's run of this seed
   dvc exp run --queue --name "seed-$seed" -S "train.seed=$seed"
 done
-dvc queue start --jobs 1
-while dvc queue status | grep -qE 'Queued|Running'; do sleep 30; done
+dvc queue start --jobs "${JOBS:-1}"
+# grep reads the whole status (no -q): under pipefail an early exit would end the wait
+while dvc queue status | grep -E 'Queued|Running' >/dev/null; do sleep 30; done
 dvc queue status
 dvc exp show --json > .seed_spread_exps.json
 python scripts/seed_spread.py .seed_spread_exps.json --names "${seeds[@]/#/seed-}" \

@@ -102,3 +102,32 @@ def test_histogram_percentiles_equal_numpys():
         np.testing.assert_allclose(uint8_percentiles(counts, PERCENTILES),
                                    np.percentile(img.astype(np.float64), PERCENTILES), rtol=0,
                                    atol=1e-9)
+
+
+def test_mahalanobis_distance_equals_scipys():
+    """The batched distance (one matrix product) against scipy, class by class."""
+    from scipy.spatial.distance import mahalanobis
+
+    from assurexray.inference.ood import Mahalanobis
+    rng = np.random.default_rng(4)
+    train, groups = rng.normal(size=(300, 6)), rng.integers(0, 3, 300)
+    model = Mahalanobis.fit(train, groups)
+    x = rng.normal(size=(5, 6)) * 3
+    expected = [min(mahalanobis(row, mean, model.precision) ** 2 for mean in model.means)
+                for row in x]
+    np.testing.assert_allclose(model.distance(x), expected, rtol=1e-10)
+
+
+def test_image_stats_fast_paths_equal_numpys():
+    """Mean, spread and edge strength from the histogram and OpenCV equal the plain float64
+    computation."""
+    from assurexray.inference.features import FEATURES, image_stats
+    rng = np.random.default_rng(5)
+    for shape in ((1, 1), (1, 9), (9, 1), (200, 150)):
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        row = dict(zip(FEATURES, image_stats(img, (shape[1], shape[0]), {})))
+        v = img.astype(np.float64)
+        edge = (np.abs(np.diff(v, axis=0)).mean() if shape[0] > 1 else 0.0) + \
+            (np.abs(np.diff(v, axis=1)).mean() if shape[1] > 1 else 0.0)
+        np.testing.assert_allclose([row["mean"], row["contrast"], row["edge"]],
+                                   [v.mean(), v.std(), edge], rtol=1e-12, atol=1e-12)

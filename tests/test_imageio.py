@@ -13,7 +13,15 @@ from PIL import ExifTags, Image, ImageFile
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from assurexray.data.imageio import ImageReadError, image_size, is_dicom, read_image, read_image_reduced
+from assurexray.data.imageio import (
+    ImageReadError,
+    Upload,
+    image_size,
+    is_dicom,
+    read_decoded,
+    read_image,
+    read_image_reduced,
+)
 
 H, W = 24, 40
 RNG = np.random.default_rng(0)
@@ -345,3 +353,50 @@ def test_reduced_decode_of_other_formats_and_rotations(tmp_path):
     save_with_orientation(tmp_path / "r.jpg", pixels, 6)  # stored 500 x 300, shown 300 x 500
     reduced, size = read_image_reduced(tmp_path / "r.jpg", 125)
     assert size == (300, 500) == image_size(tmp_path / "r.jpg") and reduced.shape == (125, 75)
+
+
+# ---- read_decoded: file facts and colour ---------------------------------------------------
+
+def image_info(source) -> dict:
+    return read_decoded(source, 256).info
+
+
+def reference_chroma(rgb: np.ndarray) -> float:
+    """Mean |(Cb, Cr)| with OpenCV's YCrCb conversion (offset 128) as the independent reference."""
+    ycrcb = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2YCrCb) * 255
+    return float(np.hypot(ycrcb[..., 1] - 127.5, ycrcb[..., 2] - 127.5).mean())
+
+
+def test_image_info_grey_files_have_no_chroma_and_their_bit_depth(tmp_path):
+    Image.fromarray(GRAY).save(tmp_path / "g.png")
+    Image.fromarray(GRAY.astype(np.uint16) * 200).save(tmp_path / "g16.png")
+    assert image_info(tmp_path / "g.png") == {"bit_depth": 8, "modality": "", "chroma": 0.0}
+    assert image_info(tmp_path / "g16.png")["bit_depth"] == 16
+    # a grey picture stored as a 3-channel JPEG (as many exports are): colour noise only
+    Image.fromarray(np.dstack([GRAY] * 3), "RGB").save(tmp_path / "g.jpg", quality=90)
+    assert image_info(tmp_path / "g.jpg")["chroma"] < 1.0
+
+
+def test_image_info_chroma_of_colour_files_equals_opencvs(tmp_path):
+    tint = np.clip(np.dstack([GRAY * 0.9 + 20, GRAY * 0.7, GRAY * 0.3]), 0, 255).astype(np.uint8)
+    Image.fromarray(tint, "RGB").save(tmp_path / "c.png")
+    assert image_info(tmp_path / "c.png")["chroma"] == pytest.approx(reference_chroma(tint), rel=1e-3)
+    palette = Image.fromarray(tint, "RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    palette.save(tmp_path / "p.png")
+    expected = reference_chroma(np.asarray(palette.convert("RGB")))
+    assert image_info(tmp_path / "p.png")["chroma"] == pytest.approx(expected, rel=1e-3)
+    # a large colour JPEG is measured on its reduced decode: close to the full image's value
+    big = cv2.resize(tint, (W * 40, H * 40), interpolation=cv2.INTER_NEAREST)
+    Image.fromarray(big, "RGB").save(tmp_path / "c.jpg", quality=95)
+    full = reference_chroma(np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB")))
+    data = (tmp_path / "c.jpg").read_bytes()
+    assert image_info(Upload(data, "upload"))["chroma"] == pytest.approx(full, abs=1.0)
+
+
+def test_image_info_of_dicom(tmp_path):
+    grey = write_dicom(tmp_path / "g.dcm", (GRAY.astype(np.uint16) * 16), Modality="DX")
+    assert image_info(grey) == {"bit_depth": 12, "modality": "DX", "chroma": 0.0}
+    colour = write_dicom(tmp_path / "c.dcm", RGB, "RGB", 8, Modality="OT")
+    info = image_info(colour)
+    assert (info["bit_depth"], info["modality"]) == (8, "OT")
+    assert info["chroma"] == pytest.approx(reference_chroma(RGB), rel=1e-3)

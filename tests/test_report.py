@@ -1,4 +1,5 @@
 """The report stage regenerates the model card and the run report from the metrics files."""
+import copy
 import json
 import re
 import subprocess
@@ -110,6 +111,12 @@ LOCALIZATION = {"overall": loc_summary(40, 0.55, 0.18),
                              "Malignant": loc_summary(10, 0.4, 0.12)},
                 "correct": loc_summary(25, 0.64, 0.19), "incorrect": {"n": 0}}
 
+SPREAD_FIGURES = ("test_macro_auc", "val_macro_auc", "test_accuracy", "test_malignant_sensitivity",
+                  "test_ece_after_scaling")
+SEED_SPREAD = {"runs": [{"name": "committed", "train_seed": 42,
+                         "metrics": {"test_macro_auc": ANALYSIS["test"]["macro_auc"]["value"]}},
+                        {"name": "seed-1", "train_seed": 1, "metrics": {}}],
+               "metrics": {f: {"mean": 0.8, "min": 0.75, "max": 0.85} for f in SPREAD_FIGURES}}
 METRICS = {
     "audit.json": {
         "source": "synthetic", "images_in": 1203, "usable": 1199, "excluded": 4,
@@ -159,6 +166,7 @@ METRICS = {
                                   "lerf": {"20": -0.05, "80": 0.0}, "combined": 0.0625}},
         "gallery": {"n_images": 9}},
     "analysis.json": ANALYSIS,
+    "seed_spread.json": SEED_SPREAD,
     "anomaly.json": {  # anomaly_summary's layout: comparison per model, identity per autoencoder
         "comparison": {name: {"score": score, "auc": {"value": auc, "ci_low": auc - 0.05,
                                                       "ci_high": auc + 0.05},
@@ -402,3 +410,16 @@ def test_explain_without_annotated_images_is_stated(project):
         assert "not available" not in doc.lower() and not PLACEHOLDERS.search(doc)
     assert "Faithfulness (ROAD): not measured (no annotated test image)." in report
     assert "**CAM of the true class**" not in report
+
+
+def test_seed_spread_shown_only_for_the_run_it_measured(project):
+    card = render(project)[0]
+    assert "measured over 2 training seeds (42, 1;" in card
+    assert "test macro AUC 0.750-0.850 (mean 0.800)" in card
+    path = project["metrics_dir"] / "seed_spread.json"
+    other = copy.deepcopy(SEED_SPREAD)
+    other["runs"][0]["metrics"]["test_macro_auc"] -= 0.01   # the spread of another run
+    path.write_text(json.dumps(other))
+    assert "was measured on another run" in render(project)[0]
+    path.unlink()
+    assert "Seed-to-seed spread: not measured for this run" in render(project)[0]

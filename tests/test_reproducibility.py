@@ -205,6 +205,11 @@ def test_seed_spread_reads_committed_run_and_named_experiments(tmp_path):
     assert (auc["min"], auc["max"]) == (0.86, 0.90) and auc["mean"] == pytest.approx(0.88)
     with pytest.raises(SystemExit, match="seed-3"):
         seed_spread.main([str(exps), "--names", "seed-3", "--out", str(tmp_path / "o.json")])
+    # A run still in the queue shows the baseline's metrics: it must not count as a seed.
+    baseline["experiments"][0]["executor"] = {"state": "running"}
+    exps.write_text(json.dumps([exp_state("workspace", None, 42, None, 0.5), baseline]))
+    with pytest.raises(SystemExit, match="seed-1 is running"):
+        seed_spread.main([str(exps), "--names", "seed-1", "seed-2", "--out", str(tmp_path / "o.json")])
 
 
 # --- processor-independent training kernels -------------------------------------------------

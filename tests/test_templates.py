@@ -63,7 +63,8 @@ CONTEXTS = {
     "model_card.md.j2": dict(
         info=None, training_data="the twin", classes="Normal, Malignant", n_bins=None,
         split="stratified", design=sections.split_design(Params()), published=PUBLISHED,
-        caveats=[], **{k: missing(k) for k in ("details", "bootstrap", "test_partition", "audit",
+        caveats=[], seed_spread="not measured",
+        **{k: missing(k) for k in ("details", "bootstrap", "test_partition", "audit",
                                                "train_partitions", "headline", "operating_points",
                                                "factors", "calibration", "robustness", "gradcam")}),
 }

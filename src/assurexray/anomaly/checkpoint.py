@@ -21,6 +21,7 @@ from assurexray.training.checkpoint import (
     atomic_save,
     provenance,
     provenance_path,
+    read_payload,
     read_provenance,
 )
 
@@ -45,12 +46,7 @@ def save_autoencoder(path: str | Path, model: nn.Module, meta: dict) -> None:
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the autoencoder from its meta and load the weights (eval mode)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: autoencoder checkpoint not found; run anomaly_train")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, truncated file, or a disallowed (unsafe) object
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    payload = read_payload(path, "run anomaly_train")
     meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{path}: not an autoencoder checkpoint (a classifier goes to "

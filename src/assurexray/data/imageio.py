@@ -30,6 +30,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -49,6 +50,9 @@ NOT_AN_IMAGE = "not an image (neither Pillow nor pydicom can read it)"
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # EXIF orientations that transpose the image, i.e. swap width and height.
 TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+# Pillow modes with one channel: no colour to measure (read_decoded's chroma).
+GREY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+CHROMA_SIDE = 64
 # Exceptions Pillow and pydicom raise on broken content (pydicom's pixel decoders are varied).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
                  TypeError, AttributeError, NotImplementedError, RuntimeError)
@@ -70,7 +74,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     Pillow also refuses, at open, anything above its own hard limit
     (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); both come out as ImageReadError.
     """
-    return _read(_existing_file(path), max_pixels, None)[0]
+    return _read(_existing_file(path), max_pixels, None).pixels
 
 
 def read_image_reduced(source: str | Path | Upload, longer_side: int,
@@ -80,6 +84,26 @@ def read_image_reduced(source: str | Path | Upload, longer_side: int,
     The pixels are ``read_image``'s, except that a JPEG larger than needed comes at a reduced
     DCT scale 1/s: ceil(width / s) x ceil(height / s), covering the same field of view.
     ``source`` is a file or an in-memory ``Upload`` (same rules, same errors).
+    """
+    pixels, full, _ = read_decoded(source, longer_side, max_pixels)
+    return pixels, full
+
+
+class Decoded(NamedTuple):
+    pixels: np.ndarray       # (H, W) uint8, as read_image_reduced gives them
+    full: tuple[int, int]    # (width, height) of the whole image
+    info: dict               # {"bit_depth", "modality", "chroma"}
+
+
+def read_decoded(source: str | Path | Upload, longer_side: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """``read_image_reduced`` plus facts about the file, from the same single read.
+
+    ``info``: bits per sample as stored (1, 8, 16, 32) and the DICOM Modality ('' for
+    JPEG/PNG), from the header, and ``chroma``, how far the colours are from grey: the mean
+    distance of (Cb, Cr) from the neutral point (ITU-R 601, 8-bit units; 0 for a file that
+    stores one channel, up to about 181), on the decoded colours before the grey conversion.
+    A colour photograph is not a radiograph, whatever its grey levels look like.
     """
     if isinstance(source, Upload):
         if not source.getbuffer().nbytes:
@@ -108,47 +132,46 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def header_info(source: str | Path | Upload) -> dict:
-    """{"bit_depth", "modality"} from the header only: bits per sample as stored (1, 8, 16,
-    32) and the DICOM Modality ('' for JPEG/PNG). Drift monitoring compares them."""
-    source = source if isinstance(source, Upload) else _existing_file(source)
-    if is_dicom(source):
-        return _dicom_header(_dicom_dataset(source, force=False))
-    try:
-        im = _open_pil(source)
-    except UnidentifiedImageError:
-        return _dicom_header(_dicom_dataset(source, force=True))
-    with im:
-        mode = im.mode
+def _chroma(rgb: np.ndarray) -> float:
+    """Mean distance of (Cb, Cr) from grey (ITU-R 601, 8-bit units) of an (H, W, 3) RGB array,
+    on a grid of at most ``CHROMA_SIDE`` px."""
+    step = max(1, max(rgb.shape[:2]) // CHROMA_SIDE)
+    rgb = rgb[::step, ::step, :3].astype(np.float64)
+    if rgb.max(initial=0) > 255:  # a 16-bit colour DICOM: to 8-bit units
+        rgb *= 255.0 / rgb.max()
+    cb = rgb @ np.array([-0.168736, -0.331264, 0.5])
+    cr = rgb @ np.array([0.5, -0.418688, -0.081312])
+    return float(np.hypot(cb, cr).mean())
+
+
+def _pil_info(mode: str, decoded: Image.Image) -> dict:
     bits = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 1 if mode == "1" else 8
-    return {"bit_depth": bits, "modality": ""}
+    if mode in GREY_MODES:
+        return {"bit_depth": bits, "modality": "", "chroma": 0.0}
+    w, h = decoded.size
+    step = max(1, max(w, h) // CHROMA_SIDE)  # shrink first: a palette image converts cheaply
+    small = decoded.resize((max(1, w // step), max(1, h // step)), Image.Resampling.NEAREST)
+    return {"bit_depth": bits, "modality": "", "chroma": _chroma(np.asarray(small.convert("RGB")))}
 
 
-def _dicom_header(ds: pydicom.Dataset) -> dict:
-    return {"bit_depth": int(ds.get("BitsStored", 8)), "modality": str(ds.get("Modality", ""))}
-
-
-def _read(source: Path | Upload, max_pixels: int,
-          longer_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _read(source: Path | Upload, max_pixels: int, longer_side: int | None) -> Decoded:
     if is_dicom(source):
-        return _with_size(_read_dicom(source, max_pixels, force=False))
+        return _read_dicom(source, max_pixels, force=False)
     try:
         im = _open_pil(source)
     except UnidentifiedImageError:
-        return _with_size(_read_dicom(source, max_pixels, force=True))
+        return _read_dicom(source, max_pixels, force=True)
     with im:
         _check_pixels(source, im.size, max_pixels)
         stored, full = im.size, _oriented_size(im)
         if longer_side:
             _draft(im, longer_side)
-        img = _pil_to_gray(_decode_pil(source, im))
+        decoded = _decode_pil(source, im)
+        img = _pil_to_gray(decoded)
         # A reduced decode is a JPEG, whose header (EXIF included) precedes the pixels, so the
         # header's size is exact; otherwise the decoded shape is (a PNG's EXIF may trail).
-        return img, full if im.size != stored else (img.shape[1], img.shape[0])
-
-
-def _with_size(img: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    return img, (img.shape[1], img.shape[0])
+        return Decoded(img, full if im.size != stored else (img.shape[1], img.shape[0]),
+                       _pil_info(im.mode, decoded))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -294,16 +317,19 @@ def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
     return int(ds.Columns), int(ds.Rows)
 
 
-def _read_dicom(path: Path | Upload, max_pixels: int, force: bool) -> np.ndarray:
+def _read_dicom(path: Path | Upload, max_pixels: int, force: bool) -> Decoded:
     ds = _dicom_dataset(path, force, with_pixels=True)
     _check_pixels(path, _dicom_size(ds), max_pixels)  # before the pixel bytes are decoded
     if not any(tag in ds for tag in PIXEL_DATA_TAGS):
         raise ImageReadError(path, "DICOM without pixel data")
     try:
         frame = pixel_array(ds, index=0)  # the first frame of a multi-frame file
-        return _dicom_to_gray(ds, frame)
+        img = _dicom_to_gray(ds, frame)
     except DECODE_ERRORS as exc:
         raise ImageReadError(path, f"cannot decode DICOM pixel data ({exc})") from exc
+    info = {"bit_depth": int(ds.get("BitsStored", 8)), "modality": str(ds.get("Modality", "")),
+            "chroma": _chroma(frame) if frame.ndim == 3 else 0.0}
+    return Decoded(img, (img.shape[1], img.shape[0]), info)
 
 
 def _dicom_to_gray(ds: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 from scipy.special import softmax
 
 from assurexray.data.cache import letterbox
-from assurexray.data.imageio import DEFAULT_MAX_PIXELS, Upload, header_info, read_image_reduced
+from assurexray.data.imageio import DEFAULT_MAX_PIXELS, Upload, read_decoded
 from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.operating_points import decide
 from assurexray.inference.features import content_columns, forward_with_embeddings, image_stats
@@ -64,20 +64,19 @@ class Classifier:
 
     # ---- decoding -------------------------------------------------------------------------
     def decode_file(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
-        gray, full = read_image_reduced(path, self.meta.cache_size, max_pixels)
-        return self.prepare(gray, full, header_info(path))
+        return self.prepare(*read_decoded(path, self.meta.cache_size, max_pixels))
 
     def decode_bytes(self, data: bytes, name: str = "upload",
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
-        gray, full = read_image_reduced(Upload(data, name), self.meta.cache_size, max_pixels)
-        return self.prepare(gray, full, header_info(Upload(data, name)))
+        return self.prepare(*read_decoded(Upload(data, name), self.meta.cache_size, max_pixels))
 
-    def prepare(self, gray: np.ndarray, full: tuple[int, int], header: dict) -> Prepared:
+    def prepare(self, gray: np.ndarray, full: tuple[int, int], info: dict) -> Prepared:
         """Reject degenerate geometry (ood.RejectedInput), then the evaluation preprocessing.
-        ``full`` is the (width, height) of the whole image when ``gray`` is a reduced decode."""
+        ``full`` is the (width, height) of the whole image when ``gray`` is a reduced decode;
+        ``info`` is ``imageio.read_decoded``'s."""
         check_geometry(gray, full, self.ood_params)
         boxed, *_ = letterbox(gray, self.meta.cache_size, full)
-        return Prepared(self.transform(image=boxed)["image"], boxed, image_stats(gray, full, header))
+        return Prepared(self.transform(image=boxed)["image"], boxed, image_stats(gray, full, info))
 
     # ---- inference ------------------------------------------------------------------------
     def forward(self, tensors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 # File names inside the metrics folder (the stages' contract, see docs/architecture.md).
 METRICS_FILES = {"audit": "audit.json", "split": "split.json", "evaluate": "evaluate.json",
                  "calibration": "calibration.json", "robustness": "robustness.json",
-                 "explain": "explain.json", "analysis": "analysis.json", "anomaly": "anomaly.json"}
+                 "explain": "explain.json", "analysis": "analysis.json", "anomaly": "anomaly.json",
+                 "seed_spread": "seed_spread.json"}
 SUBGROUPS_FILE = "subgroups.csv"
 # plots/ subfolder -> the report section that shows its figures; others go to an appendix.
 FIGURE_SECTIONS = {"audit": "audit", "evaluate": "results", "calibration": "calibration",
@@ -173,6 +174,7 @@ class Inputs:
     anomaly: Source
     explain: Source
     analysis: Source
+    seed_spread: Source     # scripts/seed_spread.sh (outside the pipeline; may be of another run)
     subgroups: Source
     figures: dict[str, list[Path]]  # report section -> PNG files
 

@@ -52,6 +52,32 @@ def audit_counts(audit: dict) -> dict:
     return {k: audit[k] for k in ("images_in", "usable", "excluded")}
 
 
+def seed_spread(spread: Source, analysis: Source) -> str:
+    """How far another training seed moves the headline figures, when it was measured for the
+    run the card describes (the spread's own copy of this run's test AUC must match)."""
+    howto = "`scripts/seed_spread.sh`"
+    if not spread.available or not analysis.available:
+        return f"not measured for this run ({howto})"
+    try:
+        runs, figures = spread.data["runs"], spread.data["metrics"]
+        here, there = analysis.data["test"]["macro_auc"]["value"], runs[0]["metrics"]["test_macro_auc"]
+    except LookupError as exc:  # MissingKey names the file; a short list is an IndexError
+        return f"{spread.path} is incomplete ({exc}): rerun {howto}"
+    if abs(here - there) > 1e-9:
+        return (f"{spread.path} was measured on another run (test macro AUC {num(there)} there, "
+                f"{num(here)} here): rerun {howto}")
+    seeds = ", ".join(str(r["train_seed"]) for r in runs)
+    ranges = "; ".join(f"{label} {num(figures[key]['min'])}-{num(figures[key]['max'])} "
+                       f"(mean {num(figures[key]['mean'])})" for key, label in SPREAD_FIGURES)
+    return f"measured over {len(runs)} training seeds ({seeds}; {howto}): {ranges}"
+
+
+SPREAD_FIGURES = (("test_macro_auc", "test macro AUC"), ("val_macro_auc", "validation macro AUC"),
+                  ("test_accuracy", "test accuracy"),
+                  ("test_malignant_sensitivity", "test malignant sensitivity"),
+                  ("test_ece_after_scaling", "test ECE after scaling"))
+
+
 def context(inputs: Inputs) -> dict:
     """Everything model_card.md.j2 reads."""
     i = inputs
@@ -80,6 +106,7 @@ def context(inputs: Inputs) -> dict:
                               i.robustness),
         "gradcam": guarded(lambda: sections.gradcam_summary(i.explain.data), i.explain),
         "caveats": sections.run_specific_caveats(i),
+        "seed_spread": seed_spread(i.seed_spread, analysis),
         "published": published,
     }
 

@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,16 +71,22 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
+def read_payload(path: Path, remedy: str) -> Any:
+    """The saved object, loaded weights-only (no arbitrary unpickling); a missing file is a
+    FileNotFoundError ending with ``remedy``, anything unloadable a CheckpointError."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, or a disallowed (unsafe) object
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model (no pretrained download) and load the weights; eval mode."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; run the train stage first")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, truncated file, or a disallowed (unsafe) object
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    payload = read_payload(path, "run the train stage first")
     if not isinstance(payload, dict) or not {"state_dict", "meta"} <= set(payload):
         raise CheckpointError(f"{path}: expected a dict with 'state_dict' and 'meta'")
     stored = payload["meta"] if isinstance(payload["meta"], dict) else {}
