@@ -35,9 +35,10 @@ from assurexray.params import ModelParams, TrainParams
 from assurexray.training.models import build_model
 
 PREFIX = "scale-"
-# A preset may give up this much validation AUC for a cheaper run.
+# A preset may give up this much validation AUC for a cheaper run (without a seed spread).
 PRESET_SLACK = 0.01
 DVC = [sys.executable, "-m", "dvc"]
+QUEUE_STATES = ("Queued", "Running", "Success", "Failed")
 
 
 def main() -> int:
@@ -61,6 +62,8 @@ def main() -> int:
     report.add_argument("--json", type=Path, default=Path("bench/scaling.json"))
     report.add_argument("--command", default="", help="the `run` command line, for the doc")
     report.add_argument("--cost", type=Path, default=Path("bench/scaling_cost.json"))
+    report.add_argument("--seed-spread", type=Path, default=Path("metrics/seed_spread.json"),
+                        help="scripts/seed_spread.sh's output: how far seeds alone move the AUC")
     args = parser.parse_args()
     if args.command == "run":
         return run_grid(args.sizes, args.backbones, args.fixed, args.jobs)
@@ -89,9 +92,23 @@ def run_grid(sizes: list[int], backbones: list[str], fixed: list[str], jobs: int
             sets = [f"model.backbone={backbone}", f"train.image_size={size}", *fixed]
             run_dvc("exp", "run", "--queue", "-n", name, *(a for s in sets for a in ("-S", s)),
                 "analyze")
-    # `--run-all` starts the queue and blocks until it is empty.
-    return subprocess.run([*DVC, "exp", "run", "--run-all", "--jobs", str(jobs)],
-                          check=False).returncode
+    # Start the queue's workers and poll: `dvc exp run --run-all` would hold the repository
+    # lock for the whole grid, and no other dvc command could run in the workspace meanwhile.
+    run_dvc("queue", "start", "--jobs", str(jobs))
+    while (status := queue_status()) and any(s in ("Queued", "Running") for s in status.values()):
+        time.sleep(30)
+    failed = [name for name, state in status.items() if name.startswith(PREFIX) and state == "Failed"]
+    for name in failed:
+        print(f"{name} failed: `dvc queue logs {name}` shows why", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def queue_status() -> dict[str, str]:
+    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`."""
+    out = subprocess.run([*DVC, "queue", "status"], check=True, capture_output=True,
+                         text=True).stdout
+    rows = (line.split() for line in out.splitlines()[1:])
+    return {row[1]: row[-1] for row in rows if len(row) >= 4 and row[-1] in QUEUE_STATES}
 
 
 def step_cost(backbone: str, size: int, steps: int, batch: int = 16) -> dict:
@@ -137,9 +154,10 @@ def measure(name: str, sha: str) -> dict:
         val = read_predictions(Path(tmp) / "val.csv", classes, read_groups(Path(tmp) / "groups.csv"))
         val_auc = bootstrap_metrics(val, classes, a["bootstrap_iterations"], a["ci_level"],
                                     params["seed"])["macro_auc"]
-    epochs = int(train["step"]) + 1
+    epochs = int(train["step"]) + 1   # run; fewer than configured after early stopping
     return {"experiment": name, "backbone": params["model"]["backbone"],
             "image_size": params["train"]["image_size"], "epochs": epochs,
+            "configured_epochs": params["train"]["epochs"],
             "val_macro_auc": val_auc, "test_macro_auc": analysis["test"]["macro_auc"],
             "train_images_per_second": train["train_images_per_second"],
             "epoch_seconds": train["epoch_seconds"], "peak_memory_mb": train["peak_memory_mb"],
@@ -163,19 +181,20 @@ def frontier(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not beaten(r)]
 
 
-def cpu_preset(rows: list[dict]) -> dict:
-    """The cheapest frontier point within PRESET_SLACK of the best validation AUC."""
+def cpu_preset(rows: list[dict], slack: float) -> dict:
+    """The cheapest frontier point within ``slack`` of the best validation AUC."""
     front = frontier(rows)
     best = max(r["val_macro_auc"]["value"] for r in front)
-    return min((r for r in front if r["val_macro_auc"]["value"] >= best - PRESET_SLACK),
+    return min((r for r in front if r["val_macro_auc"]["value"] >= best - slack),
                key=lambda r: r[cost_key(rows)])
 
 
-def reading(rows: list[dict]) -> list[str]:
+def reading(rows: list[dict], spread: dict | None, spread_path: Path) -> list[str]:
     """Where the default configuration sits, and the preset the frontier suggests."""
     default = next((r for r in rows if r["backbone"] == ModelParams().backbone
                     and r["image_size"] == TrainParams().image_size), None)
-    pick = cpu_preset(rows)
+    slack = preset_slack(spread)
+    pick = cpu_preset(rows, slack)
     lines = ["## Reading the curve", ""]
     if default is not None:
         where = ("on the frontier" if default["frontier"] else
@@ -185,24 +204,48 @@ def reading(rows: list[dict]) -> list[str]:
                      and r["val_macro_auc"]["value"] > default["val_macro_auc"]["value"])
                  + " reach a higher validation AUC in no more training time")
         lines += [f"The default ({default['backbone']} at {default['image_size']} px) is {where}.", ""]
-    short = sorted({r["epochs"] for r in rows if r["epochs"] < TrainParams().epochs})
+    short = sorted({r["configured_epochs"] for r in rows
+                    if r["configured_epochs"] < TrainParams().epochs})
     if short:
         lines += [f"**Runs of {', '.join(map(str, short))} epoch(s), shorter than the default "
                   f"{TrainParams().epochs}: their AUCs rank early learning speed, not where "
                   "training ends; any preset below is provisional until the grid runs in full.**",
                   ""]
+    lines += seed_note(spread, spread_path)
     learned = [r for r in rows if r["val_macro_auc"]["value"] > 0.5]
     if len(learned) < 2:
         return lines + ["No CPU preset yet: the grid holds fewer than two points with a "
                         "validation AUC above chance (0.5).", ""]
-    lines += [f"CPU preset (cheapest frontier point within {PRESET_SLACK} of the best validation "
+    lines += [f"CPU preset (cheapest frontier point within {slack:.3f} of the best validation "
               f"AUC): `-S model.backbone={pick['backbone']} -S train.image_size={pick['image_size']}`"
               f" ({pick[cost_key(rows)]:.1f} {cost_key(rows).replace('_', ' ')}, validation AUC "
               f"{pick['val_macro_auc']['value']:.3f}).", ""]
     return lines
 
 
+def seed_note(spread: dict | None, path: Path) -> list[str]:
+    """One run per point: how far a training seed alone moves the default's AUC."""
+    if spread is None:
+        return ["One run per point, and no seed spread measured (`scripts/seed_spread.sh`): "
+                "small AUC differences between points may be seed noise.", ""]
+    val, test = spread["val_macro_auc"], spread["test_macro_auc"]
+    return [f"One run per point. Training seeds alone move the default's validation macro AUC "
+            f"over {val['min']:.3f}-{val['max']:.3f} and its test macro AUC over "
+            f"{test['min']:.3f}-{test['max']:.3f} ({len(val['values'])} seeds, `{path}`): points "
+            "closer than that are not ranked by this grid, so the preset below is the cheapest "
+            f"frontier point within half that validation range ({preset_slack(spread):.3f}) of "
+            "the best.", ""]
+
+
+def preset_slack(spread: dict | None) -> float:
+    """How much validation AUC a preset may give up: half the seed-to-seed range when measured."""
+    if spread is None:
+        return PRESET_SLACK
+    return (spread["val_macro_auc"]["max"] - spread["val_macro_auc"]["min"]) / 2
+
+
 def write_report(rows: list[dict], args, cost: list[dict] = ()) -> None:
+    """``args``: out, plots, json, command and seed_spread (a path; absent = not measured)."""
     front = {r["experiment"] for r in frontier(rows)}
     for r in rows:
         r["frontier"] = r["experiment"] in front
@@ -216,10 +259,12 @@ def write_report(rows: list[dict], args, cost: list[dict] = ()) -> None:
                "images_per_second": round(r["train_images_per_second"], 1),
                "run": f"{r['backbone']} {r['image_size']}px"} for r in rows]
     (args.plots / "frontier.json").write_text(json.dumps(points, indent=2) + "\n")
-    args.out.write_text(render(rows, args.command) + render_cost(cost))
+    path = args.seed_spread
+    spread = json.loads(path.read_text())["metrics"] if path.exists() else None
+    args.out.write_text(render(rows, args.command, spread, path) + render_cost(cost))
 
 
-def render(rows: list[dict], command: str) -> str:
+def render(rows: list[dict], command: str, spread: dict | None, spread_path: Path) -> str:
     def ci(m):
         return f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
     lines = ["# Cost as the work grows", "",
@@ -243,7 +288,7 @@ def render(rows: list[dict], command: str) -> str:
               "the machine at the time. CPU min = the CPU cost per image below x training images "
               "x epochs (compute only, one thread): the frontier uses it when every point has it.",
               ""]
-    return "\n".join(lines + reading(rows)) + "\n"
+    return "\n".join(lines + reading(rows, spread, spread_path)) + "\n"
 
 
 def render_cost(cost: list[dict]) -> str:
