@@ -273,11 +273,11 @@ def render(rows: list[dict], command: str, spread: dict | None, spread_path: Pat
              "Figures from the synthetic twin are not BTXRD results.", "",
              f"Grid command: `{command or 'python bench/scaling.py run ...'}`, then "
              "`python bench/scaling.py report`. Plot: `dvc plots show plots/scaling/frontier.json`.",
-             "", "| backbone | px | epochs | val macro AUC (95% CI) | test macro AUC (95% CI) | "
+             "", "| backbone | px | epochs run/set | val macro AUC (95% CI) | test macro AUC (95% CI) | "
              "train images/s | epoch s | train min | CPU min | peak MB | frontier (val) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['backbone']} | {r['image_size']} | {r['epochs']} | "
+        lines.append(f"| {r['backbone']} | {r['image_size']} | {r['epochs']}/{r['configured_epochs']} | "
                      f"{ci(r['val_macro_auc'])} | {ci(r['test_macro_auc'])} | "
                      f"{r['train_images_per_second']:.1f} | {r['epoch_seconds']:.0f} | "
                      f"{r['train_minutes']:.1f} | "
@@ -286,8 +286,9 @@ def render(rows: list[dict], command: str, spread: dict | None, spread_path: Pat
                      f"{'yes' if r['frontier'] else ''} |")
     lines += ["", "Wall-clock columns (images/s, epoch s, train min) depend on what else ran on "
               "the machine at the time. CPU min = the CPU cost per image below x training images "
-              "x epochs (compute only, one thread): the frontier uses it when every point has it.",
-              ""]
+              "x epochs run (compute only, one thread): the frontier uses it when every point has "
+              f"it. Fewer epochs run than set: early stopping (`train.patience` = "
+              f"{TrainParams().patience} epochs without a validation AUC gain by default).", ""]
     return "\n".join(lines + reading(rows, spread, spread_path)) + "\n"
 
 

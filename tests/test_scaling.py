@@ -39,7 +39,7 @@ def test_report_names_every_point_and_the_notice(tmp_path):
     text = report(tmp_path, [point("a", 1, 0.7, 0.6), point("b", 2, 0.8, 0.7),
                              point("c", 9, 0.81, 0.7)])
     assert "Research use only" in text and "not BTXRD" in text
-    assert "| a | 96 | 2 | 0.700 (0.650-0.750) |" in text
+    assert "| a | 96 | 2/2 | 0.700 (0.650-0.750) |" in text
     assert "CPU preset" in text and "-S model.backbone=b -S train.image_size=96" in text
 
 
