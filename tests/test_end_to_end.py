@@ -54,7 +54,9 @@ def init_project(root: Path, overrides: dict) -> Path:
     params.yaml = the repository's with ``overrides`` merged in."""
     for name in ("stages", "src", "data/external"):  # data/external: the default data.tracked_path
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    # metrics/seed_spread.json: a git-tracked input of the report stage (scripts/seed_spread.sh)
+    for name in ("dvc.yaml", ".gitignore", "metrics/seed_spread.json"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
