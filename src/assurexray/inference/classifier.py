@@ -76,7 +76,10 @@ class Classifier:
         ``info`` is ``imageio.read_decoded``'s."""
         check_geometry(gray, full, self.ood_params)
         boxed, *_ = letterbox(gray, self.meta.cache_size, full)
-        return Prepared(self.transform(image=boxed)["image"], boxed, image_stats(gray, full, info))
+        # Contiguous here, in the decoding thread: stacking strided (HWC-ordered) tensors for the
+        # batch is otherwise a slow serial copy.
+        tensor = self.transform(image=boxed)["image"].contiguous()
+        return Prepared(tensor, boxed, image_stats(gray, full, info))
 
     # ---- inference ------------------------------------------------------------------------
     def forward(self, tensors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
