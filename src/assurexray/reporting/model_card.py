@@ -52,6 +52,12 @@ def audit_counts(audit: dict) -> dict:
     return {k: audit[k] for k in ("images_in", "usable", "excluded")}
 
 
+SPREAD_FIGURES = (("test_macro_auc", "test macro AUC"), ("val_macro_auc", "validation macro AUC"),
+                  ("test_accuracy", "test accuracy"),
+                  ("test_malignant_sensitivity", "test malignant sensitivity"),
+                  ("test_ece_after_scaling", "test ECE after scaling"))
+
+
 def seed_spread(spread: Source, analysis: Source) -> str:
     """How far another training seed moves the headline figures, when it was measured for the
     run the card describes (the spread's own copy of this run's test AUC must match)."""
@@ -61,21 +67,15 @@ def seed_spread(spread: Source, analysis: Source) -> str:
     try:
         runs, figures = spread.data["runs"], spread.data["metrics"]
         here, there = analysis.data["test"]["macro_auc"]["value"], runs[0]["metrics"]["test_macro_auc"]
-    except LookupError as exc:  # MissingKey names the file; a short list is an IndexError
+        if here is None or abs(here - there) > 1e-9:
+            return (f"{spread.path} was measured on another run (test macro AUC {num(there)} "
+                    f"there, {num(here)} here): rerun {howto}")
+        ranges = "; ".join(f"{label} {num(figures[key]['min'])}-{num(figures[key]['max'])} "
+                           f"(mean {num(figures[key]['mean'])})" for key, label in SPREAD_FIGURES)
+    except (LookupError, TypeError) as exc:  # MissingKey names the file
         return f"{spread.path} is incomplete ({exc}): rerun {howto}"
-    if abs(here - there) > 1e-9:
-        return (f"{spread.path} was measured on another run (test macro AUC {num(there)} there, "
-                f"{num(here)} here): rerun {howto}")
     seeds = ", ".join(str(r["train_seed"]) for r in runs)
-    ranges = "; ".join(f"{label} {num(figures[key]['min'])}-{num(figures[key]['max'])} "
-                       f"(mean {num(figures[key]['mean'])})" for key, label in SPREAD_FIGURES)
     return f"measured over {len(runs)} training seeds ({seeds}; {howto}): {ranges}"
-
-
-SPREAD_FIGURES = (("test_macro_auc", "test macro AUC"), ("val_macro_auc", "validation macro AUC"),
-                  ("test_accuracy", "test accuracy"),
-                  ("test_malignant_sensitivity", "test malignant sensitivity"),
-                  ("test_ece_after_scaling", "test ECE after scaling"))
 
 
 def context(inputs: Inputs) -> dict:
