@@ -58,8 +58,9 @@ def main() -> None:
         files = write_jpegs(tmp / "images", args.n, args.side)
         shape = (3, meta.image_size, meta.image_size)
         forward = timed(lambda: raw_forward(model, args.n, args.batch_size, shape, device), device)
-        reference = load_reference(args.reference, file_sha256(ckpt)) if args.reference else None
-        predictor = Predictor(Classifier(model, meta, file_sha256(ckpt), reference), ckpt,
+        sha = file_sha256(ckpt)
+        reference = load_reference(args.reference, sha) if args.reference else None
+        predictor = Predictor(Classifier(model, meta, sha, reference), ckpt,
                               args.batch_size, args.workers)
         predict = timed(lambda: sum(1 for _ in predictor.predict(files)), device)
         decode_ms = decode_costs(files, meta.cache_size)
