@@ -105,7 +105,7 @@ def test_histogram_percentiles_equal_numpys():
 
 
 def test_mahalanobis_distance_equals_scipys():
-    """The batched distance (one matrix product) against scipy, class by class."""
+    """The whitened distance (one matrix product) against scipy, class by class."""
     from scipy.spatial.distance import mahalanobis
 
     from assurexray.inference.ood import Mahalanobis

@@ -19,7 +19,6 @@ from PIL import Image
 from assurexray.cli import main
 from assurexray.params import ServeParams
 from assurexray.serve.app import create_app
-from assurexray.serve.batching import QueueFull
 from assurexray.serve.deps import ServeConfigError, Settings, check_bind, read_api_keys
 from serve_helpers import REPO
 from test_predict import write_mono1_dicom
@@ -244,9 +243,7 @@ def test_503_while_loading_and_when_the_queue_is_full(served_model, client, monk
     assert loading.get("/health").status_code == 503
     assert upload(loading, served_model.images[0].read_bytes()).status_code == 503
 
-    def full(tensor):
-        raise QueueFull
-    monkeypatch.setattr(client.app.state.service.batcher, "submit", full)
+    monkeypatch.setattr(client.app.state.service.batcher, "queue_size", 0)  # every slot taken
     busy = upload(client, served_model.images[0].read_bytes())
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
     assert_clean(busy)

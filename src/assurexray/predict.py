@@ -28,9 +28,11 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -43,9 +45,12 @@ from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.explain.cam import METHODS, compute_cams, overlay
 from assurexray.inference.classifier import Classifier, Prepared
 from assurexray.inference.ood import RejectedInput
+from assurexray.inference.streams import forward_streams
 from assurexray.training.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 REFERENCE_NAME = "reference.npz"
 
@@ -133,16 +138,25 @@ class Predictor:
 
     def predict(self, files: Sequence[Path], cam_dir: Path | None = None,
                 cam_method: str = "gradcam") -> Iterator[dict]:
-        """One record per file, in order (decoding in threads, inference in batches)."""
+        """One record per file, in order: files decode in ``workers`` threads while batches go
+        through the model in concurrent forward streams (``inference.streams``). Grad-CAM
+        hooks the shared model, so overlays take one stream."""
         if cam_dir is not None:
             cam_dir.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(self.workers) as pool, \
+
+        def batch(start: int) -> list[dict]:
+            chunk = files[start:start + self.batch_size]
+            return self._records(chunk, list(decoders.map(self.load, chunk)), start, cam_dir,
+                                 cam_method)
+
+        with forward_streams(self.classifier.device) as streams, \
+                ThreadPoolExecutor(self.workers) as decoders, \
+                ThreadPoolExecutor(1 if cam_dir else streams) as forwards, \
                 progress(total=len(files), desc="predict", unit="img") as bar:
-            for start in range(0, len(files), self.batch_size):
-                chunk = files[start:start + self.batch_size]
-                loaded = list(pool.map(self.load, chunk))
-                yield from self._records(chunk, loaded, start, cam_dir, cam_method)
-                bar.update(len(chunk))
+            starts = range(0, len(files), self.batch_size)
+            for records in ordered(forwards, batch, starts, ahead=streams + 1):
+                yield from records
+                bar.update(len(records))
 
     def _records(self, chunk, loaded, start, cam_dir, cam_method) -> list[dict]:
         records: list[dict] = [{"file": str(p), "error": item} if isinstance(item, str) else {}
@@ -188,6 +202,19 @@ class Predictor:
                 Image.fromarray(overlay(boxed[j], amap)).save(png)
                 entry["map"] = str(png)
             records[i]["anomaly"] = entry
+
+
+def ordered(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
+            ahead: int) -> Iterator[R]:
+    """``pool.map(fn, items)`` that keeps at most ``ahead`` calls submitted (bounded memory on
+    a large folder), results in order."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -11,6 +11,7 @@ also carries the out-of-distribution verdict.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from assurexray.data.cache import letterbox
 from assurexray.data.imageio import DEFAULT_MAX_PIXELS, Upload, read_decoded
 from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.operating_points import decide
-from assurexray.inference.features import content_columns, forward_with_embeddings, image_stats
+from assurexray.inference.features import (
+    WithEmbedding,
+    content_columns,
+    image_stats,
+    to_numpy,
+    traced_with_embeddings,
+)
 from assurexray.inference.ood import check_geometry
 from assurexray.inference.reference import Reference, file_sha256, load_reference
 from assurexray.params import OodParams
@@ -48,6 +55,8 @@ class Classifier:
         self.ood_params = reference.ood if reference else OodParams()
         self.transform = eval_transform(meta.image_size, meta.mean, meta.std)
         self.device = next(model.parameters()).device
+        self._traced: torch.nn.Module | None = None
+        self._trace_lock = threading.Lock()
         self.identity: dict[str, Any] = {"backbone": meta.backbone, "classes": self.classes,
                          "git_rev": meta.git_rev, "split": meta.split,
                          "temperature": meta.temperature,
@@ -83,8 +92,18 @@ class Classifier:
 
     # ---- inference ------------------------------------------------------------------------
     def forward(self, tensors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, embeddings) of a (N, 3, S, S) batch."""
-        return forward_with_embeddings(self.model, tensors.to(self.device))
+        """(logits, embeddings) of a (N, 3, S, S) batch; thread-safe (concurrent streams)."""
+        tensors = tensors.to(self.device)
+        with torch.inference_mode():
+            return to_numpy(*self._module(tensors)(tensors))
+
+    def _module(self, example: torch.Tensor) -> torch.nn.Module:
+        """The traced model (traced on the first batch), or eager mode where it cannot be."""
+        with self._trace_lock:
+            if self._traced is None:
+                self._traced = (traced_with_embeddings(self.model, example)
+                                or WithEmbedding(self.model).eval())
+            return self._traced
 
     def results(self, prepared: list[Prepared], logits: np.ndarray,
                 embeddings: np.ndarray) -> list[dict]:

@@ -59,7 +59,11 @@ def _install_handlers(app: FastAPI, service: Service) -> None:
     @app.middleware("http")
     async def count(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
+        # A /predict request is announced to the micro-batcher as soon as its headers arrive,
+        # so that batches wait for it while its body is still being read and parsed.
+        with service.arrival(request.url.path == "/predict") as submit:
+            request.state.submit = submit
+            response = await call_next(request)
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         service.telemetry.requests.labels(endpoint, str(response.status_code)).inc()

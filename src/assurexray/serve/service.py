@@ -6,11 +6,13 @@ raises ``InputError`` with the HTTP status and a reason safe to show (no path, n
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import io
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
@@ -21,7 +23,8 @@ from assurexray.explain.cam import compute_cams, overlay
 from assurexray.inference.classifier import Classifier, Prepared
 from assurexray.inference.drift import drift_report
 from assurexray.inference.ood import RejectedInput
-from assurexray.serve.batching import MicroBatcher, QueueFull
+from assurexray.inference.streams import forward_streams
+from assurexray.serve.batching import MicroBatcher, QueueFull, Submit
 from assurexray.serve.deps import Settings
 from assurexray.serve.telemetry import Telemetry
 
@@ -47,25 +50,27 @@ class Service:
         self.classifier: Classifier | None = None
         self.batcher: MicroBatcher | None = None
         self._cam_lock = threading.Lock()
+        self._streams = contextlib.ExitStack()
 
     def load(self) -> None:
         """Load the checkpoint, reference and operating point; start the batcher."""
         s = self.settings
         try:
-            self.classifier = Classifier.from_files(s.checkpoint, s.reference)
+            classifier = Classifier.from_files(s.checkpoint, s.reference)
         except Exception as exc:  # /health reports it; the server log says why
             self.error = str(exc)
             log.error("the model could not be loaded: %s", exc)
             return
         # Grad-CAM hooks its model and runs a backward pass: a private copy keeps it away from
         # the batcher's forward passes.
-        self._cam_model = copy.deepcopy(self.classifier.model)
-        self.batcher = MicroBatcher(self.classifier.forward, self.limits.micro_batch,
+        self._cam_model = copy.deepcopy(classifier.model)
+        streams = self._streams.enter_context(forward_streams(classifier.device))
+        self.batcher = MicroBatcher(classifier.forward, self.limits.micro_batch,
                                     self.limits.micro_batch_wait_ms / 1000, self.limits.queue_size,
-                                    self.telemetry.batch_size.observe)
-        self.ready = True
-        log.info("model loaded: %s (%s)", self.classifier.meta.backbone,
-                 self.classifier.identity["checkpoint_sha256"][:12])
+                                    self.telemetry.batch_size.observe, streams)
+        self.classifier, self.ready = classifier, True   # last: loaded means batching too
+        log.info("model loaded: %s (%s), %d forward stream(s)", classifier.meta.backbone,
+                 classifier.identity["checkpoint_sha256"][:12], streams)
 
     @property
     def loaded(self) -> Classifier:
@@ -77,6 +82,7 @@ class Service:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self._streams.close()
 
     def decode(self, data: bytes) -> tuple[str, Prepared]:
         max_bytes = self.limits.max_upload_mb * 1024 * 1024
@@ -95,15 +101,39 @@ class Service:
         except RejectedInput as exc:
             raise InputError(422, "degenerate", f"rejected before the model: {exc}") from exc
 
-    def classify(self, data: bytes, gradcam: bool = False) -> dict:
+    @contextlib.contextmanager
+    def arrival(self, announce: bool = True) -> Iterator[Submit | None]:
+        """``MicroBatcher.incoming`` once the model is loaded, when ``announce``; else None."""
+        if self.batcher is None or not announce:
+            yield None
+            return
+        with self.batcher.incoming() as submit:
+            yield submit
+
+    def classify(self, data: bytes, gradcam: bool = False, submit: Submit | None = None) -> dict:
+        """The result for one upload; ``submit``: from ``arrival`` when the request was
+        announced on arrival (else it is announced here)."""
+        classifier = self.loaded
+        with contextlib.ExitStack() as stack:
+            submit = submit or stack.enter_context(self.arrival())
+            assert submit is not None  # the batcher starts before the classifier is published
+            prepared, fmt, logits, embedding = self._infer(data, submit)
+        result = classifier.results([prepared], logits[None], embedding[None])[0]
+        self.telemetry.observe(result, prepared.stats, embedding)
+        result = {"format": fmt, **result}
+        if gradcam:
+            result.update(self._cam(prepared, classifier.classes.index(result["pred"])))
+        return result
+
+    def _infer(self, data: bytes, submit: Submit) -> tuple[Prepared, str, np.ndarray, np.ndarray]:
+        """Decode, then the forward pass in the micro-batcher; InputError when refused."""
         try:
             fmt, prepared = self.decode(data)
         except InputError as exc:
             self.telemetry.rejected.labels(exc.reason).inc()
             raise
         try:
-            assert self.batcher is not None  # started with the classifier
-            future = self.batcher.submit(prepared.tensor)
+            future = submit(prepared.tensor)
         except QueueFull as exc:
             self.telemetry.rejected.labels("queue_full").inc()
             raise InputError(503, "queue_full", "server busy: request queue full",
@@ -113,12 +143,7 @@ class Service:
         except FutureTimeout as exc:
             future.cancel()
             raise InputError(504, "timeout", "inference timed out") from exc
-        result = self.loaded.results([prepared], logits[None], embedding[None])[0]
-        self.telemetry.observe(result, prepared.stats, embedding)
-        result = {"format": fmt, **result}
-        if gradcam:
-            result.update(self._cam(prepared, self.loaded.classes.index(result["pred"])))
-        return result
+        return prepared, fmt, logits, embedding
 
     def _cam(self, prepared: Prepared, target: int) -> dict:
         with self._cam_lock:

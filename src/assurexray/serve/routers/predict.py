@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.serve.deps import Authorized, get_state
@@ -19,10 +19,12 @@ def _read(upload: UploadFile, service: Service) -> bytes:
 
 
 @router.post("/predict", summary="Classify one radiograph (JPEG, PNG or DICOM)")
-def predict(file: UploadFile = File(..., description="the image; its type is read from its bytes"),
+def predict(request: Request,
+            file: UploadFile = File(..., description="the image; its type is read from its bytes"),
             gradcam: bool = Query(False, description="add the Grad-CAM overlay (PNG, base64)"),
             service: Service = Depends(get_state)) -> dict:
-    return {**service.classify(_read(file, service), gradcam), "notice": NOT_FOR_CLINICAL_USE}
+    result = service.classify(_read(file, service), gradcam, request.state.submit)
+    return {**result, "notice": NOT_FOR_CLINICAL_USE}
 
 
 @router.post("/batch_predict", summary="Classify several radiographs; one result per file")
