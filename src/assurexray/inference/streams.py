@@ -4,10 +4,11 @@ spread over the cores.
 Torch splits each operator of a forward pass over its intra-op (OpenMP) threads. At the batch
 sizes of prediction and serving that scales poorly, and after every pass the OpenMP workers
 spin for milliseconds, holding the cores that decoding threads need. Measured on 2 cores
-(EfficientNet-B0, 128 px, batch 8): one pass on 2 threads 121 images/s, two concurrent passes
-on 1 thread each 237-263 (``bench/predict_throughput.py`` records both). So ``predict`` and the
-service run ``stream_count`` passes side by side, each on one thread. On a GPU one stream feeds
-the device and the thread setting is left alone.
+(eager EfficientNet-B0, 128 px, batch 8): one pass on 2 threads 121 images/s, two concurrent
+passes on 1 thread each 237-263 (``bench/predict_throughput.py`` and ``serve_throughput.py``
+record both ceilings). So ``predict`` and the service run as many passes side by side as torch
+had threads, each on one. On a GPU one stream feeds the device and the thread setting is left
+alone.
 """
 from __future__ import annotations
 
