@@ -180,7 +180,7 @@ class ServeParams:
     drift_alpha: float = 0.05
     drift_permutations: int = 200
     micro_batch: int = 8              # requests sharing one forward pass
-    micro_batch_wait_ms: float = 20.0  # longest wait of a batch for requests already arriving
+    micro_batch_wait_ms: float = 3.0
     queue_size: int = 64              # waiting requests before 503
     request_timeout_s: float = 30.0
 
