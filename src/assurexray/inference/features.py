@@ -102,7 +102,7 @@ def traced_with_embeddings(model: torch.nn.Module,
     """``WithEmbedding(model)`` in eval mode, traced by TorchScript on ``example``.
 
     The traced graph runs the same kernels as eager mode (same numbers) without Python's
-    per-module dispatch, which at batch 1 on a CPU is most of EfficientNet-B0's forward time.
+    per-module dispatch, a large share of a small batch's forward time on a CPU.
     Tracing is not freezing: batch norm stays unfolded, so the numbers do not move. None when
     the backbone cannot be traced (its forward depends on Python control flow).
     """
