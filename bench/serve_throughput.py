@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +35,10 @@ import torch
 
 from assurexray.inference.classifier import Classifier
 from assurexray.inference.reference import file_sha256
-from assurexray.inference.streams import forward_streams
 from assurexray.params import load_params
 from assurexray.training.checkpoint import load_checkpoint
 from assurexray.training.models import default_device
-from predict_throughput import interleaved, untrained_checkpoint, write_jpegs
+from predict_throughput import interleaved, raw_forward_streams, untrained_checkpoint, write_jpegs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,10 +109,9 @@ def raw_forward_rates(ckpt: Path, files: list[Path], batch: int) -> dict:
         for chunk in batches:
             classifier.forward(chunk)
 
-    def streams():
-        with forward_streams(classifier.device) as count, ThreadPoolExecutor(count) as pool:
-            list(pool.map(classifier.forward, batches))
-    seconds = interleaved({"one_stream": one_stream, "streams": streams}, 3, classifier.device)
+    seconds = interleaved({"one_stream": one_stream,
+                           "streams": lambda: raw_forward_streams(classifier, batches)},
+                          3, classifier.device)
     return {name: len(files) / s for name, s in seconds.items()}
 
 

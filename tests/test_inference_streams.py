@@ -1,6 +1,7 @@
 """Inference speed machinery: forward streams, the traced forward, the micro-batcher."""
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -63,7 +64,6 @@ def test_an_untraceable_backbone_is_named_and_left_in_eager_mode(model, caplog):
 
 
 def test_ordered_keeps_the_order_and_a_bounded_number_in_flight():
-    from concurrent.futures import ThreadPoolExecutor
     running, most = [0], [0]
     lock = threading.Lock()
 

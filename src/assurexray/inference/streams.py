@@ -2,13 +2,14 @@
 spread over the cores.
 
 Torch splits each operator of a forward pass over its intra-op (OpenMP) threads. At the batch
-sizes of prediction and serving that scales poorly, and after every pass the OpenMP workers
-spin for milliseconds, holding the cores that decoding threads need. Measured on 2 cores
-(eager EfficientNet-B0, 128 px, batch 8): one pass on 2 threads 121 images/s, two concurrent
-passes on 1 thread each 237-263 (``bench/predict_throughput.py`` and ``serve_throughput.py``
-record both ceilings). So ``predict`` and the service run as many passes side by side as torch
-had threads, each on one. On a GPU one stream feeds the device and the thread setting is left
-alone.
+sizes of serving that scales poorly, and after every pass the OpenMP workers spin for a while,
+holding the cores that decoding threads need. ``bench/serve_throughput.py`` (batch 8, 2 cores)
+measured two single-threaded passes side by side at 219-267 images/s against 139-237 for one
+pass on 2 threads, over five runs; at ``predict``'s batch 32 (``bench/predict_throughput.py``)
+the two are within the machine's noise (134-158 vs 116-153), and the streams still leave the
+decoding threads cores without spinning workers. So ``predict`` and the service run as many
+passes side by side as torch had threads, each on one. On a GPU one stream feeds the device
+and the thread setting is left alone.
 """
 from __future__ import annotations
 

@@ -65,7 +65,8 @@ class MicroBatcher:
         finally:
             with self._changed:
                 self._open -= 1
-                self._preparing -= not queued
+                if not queued:   # refused before the queue (bad input, queue full)
+                    self._preparing -= 1
                 self._changed.notify_all()
 
     def _enqueue(self, tensor: torch.Tensor) -> Future:
