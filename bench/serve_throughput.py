@@ -10,8 +10,8 @@ In one run, on the same generated JPEGs and the same machine:
 Goals: concurrent images/s >= 0.8 x raw, and concurrent p95 <= 2 x lone p95. Writes a JSON.
 
 The clients share the server's cores, so they are kept lean: a kept-alive ``http.client``
-connection each, posting a multipart body built once per image (with httpx clients the same
-server measured 40 images/s instead of 66: their CPU was taken from the server).
+connection each, posting a multipart body built once per image (httpx clients took CPU from
+the server: the previous release measured 40 images/s with them, 46-51 with these).
 
     python bench/serve_throughput.py --out bench/serve_throughput.json --checkpoint models/calibrated.pt \
         --reference models/reference.npz
