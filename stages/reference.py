@@ -43,7 +43,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    classifier = Classifier.from_files(args.model)
+    classifier = Classifier.from_files(args.model, engine=params.inference.engine)
+    classifier.ood_params = params.ood  # reject by the geometry limits this reference ships
     index = read_index(args.index).set_index("image_id")
     files = index["file"]
     ids, summaries, labels = {}, {}, {}

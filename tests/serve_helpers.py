@@ -51,8 +51,8 @@ def build_served_model(root: Path, twin: Path) -> ServedModel:
                                   "youden", "calibrated")
     checkpoint = make_checkpoint(root / "calibrated.pt", temperature=TEMPERATURE,
                                  operating_points=points)
-    model, meta = load_checkpoint(checkpoint)
-    classifier = Classifier(model, meta, file_sha256(checkpoint))
+    classifier = Classifier.from_model(*load_checkpoint(checkpoint), checkpoint,
+                                       file_sha256(checkpoint))
     files = readable_images(twin)
     train, val, rest = files[0::3], files[1::3], files[2::3]
     s_train = summarize(classifier, train, classifier.decode_file, 16)

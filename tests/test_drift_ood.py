@@ -26,8 +26,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift")
     twin = generate_twin(root / "twin", n_images=200, seed=11, defects=False, min_side=96, max_side=160)
     index, _ = btxrd.ingest_btxrd_dir(twin)
-    model, meta = load_checkpoint(make_checkpoint(root / "model.pt"))
-    classifier = Classifier(model, meta, "sha")
+    checkpoint = make_checkpoint(root / "model.pt")
+    classifier = Classifier.from_model(*load_checkpoint(checkpoint), checkpoint, "sha")
     center1 = index[index["center"] == "1"]["file"].tolist()
     train, held = center1[0::2], center1[1::2]
     other = index[index["center"] != "1"]["file"].tolist()

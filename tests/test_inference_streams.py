@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from assurexray.inference.features import WithEmbedding, traced_with_embeddings
 from assurexray.inference.streams import forward_streams
+from assurexray.inference.torch_engine import WithEmbedding, traced_with_embeddings
 from assurexray.predict import ordered
 from assurexray.serve.batching import MicroBatcher
 from assurexray.training.models import build_model

@@ -22,11 +22,18 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assurexray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the module of the command given is imported: `predict` with the ONNX engine then
+    # starts without torch, timm, uvicorn or optuna.
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     modules = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
-        modules[name] = module
+        subparser = sub.add_parser(name, help=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            subparser.description = module.__doc__
+            module.add_arguments(subparser)
+            modules[name] = module
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:

@@ -151,7 +151,7 @@ class RobustnessParams:
 RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "evaluate.batch_size",
                 "serve.max_batch", "serve.max_pixels",
                 "serve.max_upload_mb", "serve.micro_batch", "serve.micro_batch_wait_ms",
-                "serve.queue_size", "serve.request_timeout_s", "tune")
+                "serve.queue_size", "serve.request_timeout_s", "inference", "tune")
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,13 @@ class OodParams:
     max_aspect: float = 6.0
     min_std: float = 2.0              # grey-level standard deviation below which an image is blank
     images_per_set: int = 100         # generated out-of-distribution images per set
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    # What runs the forward pass of predict, the service, drift and the reference stage
+    # (inference.engines.ENGINES); onnxruntime falls back to torch, saying why.
+    engine: Literal["onnxruntime", "torch"] = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -308,6 +315,7 @@ class Params:
     reference: ReferenceParams = field(default_factory=ReferenceParams)
     ood: OodParams = field(default_factory=OodParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    inference: InferenceParams = field(default_factory=InferenceParams)
     anomaly: AnomalyParams = field(default_factory=AnomalyParams)
     tune: TuneParams = field(default_factory=TuneParams)
 

@@ -32,27 +32,30 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, get_args, get_type_hints
 
-import torch
+import numpy as np
 from PIL import Image
 
 from assurexray import NOT_FOR_CLINICAL_USE
-from assurexray.anomaly.checkpoint import load_autoencoder
-from assurexray.anomaly.scoring import score_letterboxed
 from assurexray.console import progress
 from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
-from assurexray.explain.cam import METHODS, compute_cams, overlay
+from assurexray.errors import AssureXRayError
 from assurexray.inference.classifier import Classifier, Prepared
+from assurexray.inference.engines import ENGINES
 from assurexray.inference.ood import RejectedInput
-from assurexray.inference.streams import forward_streams
-from assurexray.training.checkpoint import CheckpointError
+from assurexray.params import ExplainParams, load_params
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
 REFERENCE_NAME = "reference.npz"
+# explain.cam.METHODS' names (tests/test_params.py): importing it would import torch.
+CAM_METHODS = get_args(get_type_hints(ExplainParams)["method"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="models/model.pt or models/calibrated.pt")
     parser.add_argument("--gradcam", action="store_true",
                         help="write a Grad-CAM overlay of the predicted class per image (needs --out)")
-    parser.add_argument("--cam-method", default="gradcam", choices=sorted(METHODS))
+    parser.add_argument("--cam-method", default="gradcam", choices=sorted(CAM_METHODS))
     parser.add_argument("--anomaly-checkpoint", type=Path,
                         help="an autoencoder (models/anomaly/<arch>.pt): add its anomaly score "
                              "and, with --out, its anomaly map")
@@ -72,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "beside the checkpoint, when present): flags out-of-distribution inputs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
+    parser.add_argument("--engine", choices=sorted(ENGINES),
+                        help="inference engine (default: inference.engine of --params; "
+                             "onnxruntime falls back to torch, saying why)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params.yaml for inference.engine, when the file exists")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,16 +93,17 @@ def run(args: argparse.Namespace) -> int:
         log.warning("no training reference (%s beside the checkpoint, or --reference): "
                     "out-of-distribution inputs will not be flagged", REFERENCE_NAME)
     try:
-        classifier = Classifier.from_files(args.checkpoint, reference)
-    except (FileNotFoundError, CheckpointError) as exc:
+        classifier = Classifier.from_files(args.checkpoint, reference, engine_choice(args))
+    except (FileNotFoundError, AssureXRayError) as exc:
         log.error("%s", exc)
         return 2
     predictor = Predictor(classifier, args.checkpoint, args.batch_size, args.workers)
     if args.anomaly_checkpoint:
+        from assurexray.anomaly.checkpoint import load_autoencoder  # imports torch
         try:
             predictor.anomaly = (*load_autoencoder(args.anomaly_checkpoint, classifier.device),
                                  args.anomaly_checkpoint, args.out / "anomaly" if args.out else None)
-        except (FileNotFoundError, CheckpointError) as exc:
+        except (FileNotFoundError, AssureXRayError) as exc:
             log.error("%s", exc)
             return 2
     records = itertools.chain(
@@ -114,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def engine_choice(args: argparse.Namespace) -> str:
+    """--engine, else inference.engine of --params when that file exists, else onnxruntime."""
+    if args.engine:
+        return args.engine
+    return load_params(args.params).inference.engine if args.params.is_file() else "onnxruntime"
+
+
 class Predictor:
     """A ``Classifier`` applied to files batch by batch (decoding in threads)."""
 
@@ -123,7 +139,8 @@ class Predictor:
         self.batch_size, self.workers = batch_size, max(1, workers)
         meta = classifier.meta
         self.identity = {"path": str(checkpoint_path), "backbone": meta.backbone,
-                         "git_rev": meta.git_rev, "split": meta.split}
+                         "git_rev": meta.git_rev, "split": meta.split,
+                         "engine": classifier.engine.name}
         # (autoencoder, its meta, its path, map folder or None) with --anomaly-checkpoint
         self.anomaly: tuple[torch.nn.Module, dict, Path, Path | None] | None = None
 
@@ -149,7 +166,7 @@ class Predictor:
             return self._records(chunk, list(decoders.map(self.load, chunk)), start, cam_dir,
                                  cam_method)
 
-        with forward_streams(self.classifier.device) as streams, \
+        with self.classifier.engine.streams() as streams, \
                 ThreadPoolExecutor(self.workers) as decoders, \
                 ThreadPoolExecutor(1 if cam_dir else streams) as forwards, \
                 progress(total=len(files), desc="predict", unit="img") as bar:
@@ -165,11 +182,10 @@ class Predictor:
         if not ok:
             return records
         prepared = [loaded[i] for i in ok]
-        inputs = torch.stack([p.tensor for p in prepared])
+        inputs = np.stack([p.pixels for p in prepared])
         logits, embeddings = self.classifier.forward(inputs)
         results = self.classifier.results(prepared, logits, embeddings)
-        cams = (compute_cams(self.classifier.model, inputs, logits.argmax(axis=1), cam_method)
-                if cam_dir else None)
+        cams = self._cams(inputs, logits.argmax(axis=1), cam_method) if cam_dir else None
         for j, i in enumerate(ok):
             records[i] = {"file": str(chunk[i]), **results[j], "checkpoint": self.identity}
             if results[j]["ood"].get("flagged"):
@@ -178,14 +194,22 @@ class Predictor:
                             results[j]["ood"]["threshold"])
             if cams is not None:
                 png = cam_dir / f"{start + i:05d}_{chunk[i].stem}.png"
-                Image.fromarray(overlay(prepared[j].boxed, cams[j])).save(png)
+                Image.fromarray(_overlay(prepared[j].boxed, cams[j])).save(png)
                 records[i]["gradcam"] = str(png)
         if self.anomaly is not None:
             self._add_anomaly(records, [chunk[i] for i in ok], [p.boxed for p in prepared],
                               ok, start)
         return records
 
+    def _cams(self, inputs: np.ndarray, targets: np.ndarray, method: str) -> np.ndarray:
+        """Grad-CAM maps on the checkpoint's torch model (gradients): torch loads only here."""
+        import torch
+
+        from assurexray.explain.cam import compute_cams
+        return compute_cams(self.classifier.cam_model(), torch.from_numpy(inputs), targets, method)
+
     def _add_anomaly(self, records, paths, boxed, ok, start) -> None:
+        from assurexray.anomaly.scoring import score_letterboxed  # imports torch
         assert self.anomaly is not None  # called only with an autoencoder loaded
         model, meta, path, map_dir = self.anomaly
         result = score_letterboxed(model, meta, boxed, self.batch_size, self.classifier.device)
@@ -199,7 +223,7 @@ class Predictor:
             if map_dir is not None:
                 amap = result.maps[j] / max(float(result.maps[j].max()), 1e-12)
                 png = map_dir / f"{start + i:05d}_{paths[j].stem}.png"
-                Image.fromarray(overlay(boxed[j], amap)).save(png)
+                Image.fromarray(_overlay(boxed[j], amap)).save(png)
                 entry["map"] = str(png)
             records[i]["anomaly"] = entry
 
@@ -235,6 +259,11 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
                                 "folder"))
         files += images
     return files, empty
+
+
+def _overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    from assurexray.explain.cam import overlay  # imports torch: only for overlays
+    return overlay(image, heatmap)
 
 
 def _beside(checkpoint: Path, name: str) -> Path | None:

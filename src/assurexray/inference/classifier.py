@@ -3,8 +3,9 @@
 Used by ``assurexray predict`` and by the service, so both give the same numbers as the
 evaluate stage: ``imageio`` reader (reduced JPEG decode, as the cache) -> geometry check ->
 ``cache.letterbox`` ->
-``transforms.eval_transform`` (all read from the checkpoint's meta) -> one forward pass that
-yields logits and the penultimate-layer embedding. A calibrated checkpoint adds calibrated
+``transforms.eval_transform``'s numbers (all read from the checkpoint's meta) -> one forward pass
+of the inference engine (``engines``: ONNX Runtime or torch) that yields logits and the
+penultimate-layer embedding. A calibrated checkpoint adds calibrated
 probabilities and each task's decision at the thresholds calibrate fitted on the calibrated
 validation probabilities (``meta.operating_points``); with a training reference the result
 also carries the out-of-distribution verdict.
@@ -16,60 +17,79 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-import torch
 from scipy.special import softmax
 
 from assurexray.data.cache import letterbox
 from assurexray.data.imageio import DEFAULT_MAX_PIXELS, Upload, read_decoded
-from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.operating_points import decide
-from assurexray.inference.features import (
-    WithEmbedding,
-    content_columns,
-    image_stats,
-    to_numpy,
-    traced_with_embeddings,
-)
+from assurexray.inference.engines import Engine, load_engine
+from assurexray.inference.features import content_columns, image_stats
 from assurexray.inference.ood import check_geometry
 from assurexray.inference.reference import Reference, file_sha256, load_reference
 from assurexray.params import OodParams
-from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint
-from assurexray.training.models import default_device
 
 
 @dataclass(frozen=True)
 class Prepared:
     """One decoded input ready for the model."""
-    tensor: torch.Tensor   # (3, S, S) normalized model input
+    pixels: np.ndarray     # (3, S, S) float32 normalized model input
     boxed: np.ndarray      # (C, C) uint8 letterboxed image (for overlays)
     stats: np.ndarray      # image statistics (features.FEATURES)
 
 
+def model_input(boxed: np.ndarray, image_size: int, mean, std) -> np.ndarray:
+    """``transforms.eval_transform`` (INTER_AREA resize, grey to 3 channels, normalization) as
+    a (3, S, S) float32 array, the same numbers without albumentations, which imports torch."""
+    small = cv2.resize(boxed, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    scale = np.float32(1) / (np.asarray(std, dtype=np.float32) * 255)
+    lut = (np.arange(256, dtype=np.float32)[None, :]
+           - np.asarray(mean, dtype=np.float32)[:, None] * 255) * scale[:, None]
+    return np.ascontiguousarray(lut[:, small])
+
+
 class Classifier:
-    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, checkpoint_sha256: str,
+    def __init__(self, engine: Engine, checkpoint: str | Path, checkpoint_sha256: str,
                  reference: Reference | None = None):
-        self.model, self.meta = model, meta
-        self.classes = list(meta.classes)
+        self.engine, self.meta = engine, engine.info
+        self.checkpoint = Path(checkpoint)
+        self.classes = list(self.meta.classes)
         self.reference = reference
         self.ood_params = reference.ood if reference else OodParams()
-        self.transform = eval_transform(meta.image_size, meta.mean, meta.std)
-        self.device = next(model.parameters()).device
-        self._traced: torch.nn.Module | None = None
-        self._trace_lock = threading.Lock()
-        self.identity: dict[str, Any] = {"backbone": meta.backbone, "classes": self.classes,
-                         "git_rev": meta.git_rev, "split": meta.split,
-                         "temperature": meta.temperature,
-                         "checkpoint_sha256": checkpoint_sha256}
+        self.device = engine.device
+        self._cam_model: Any = None
+        self._cam_lock = threading.Lock()
+        self.identity: dict[str, Any] = {"backbone": self.meta.backbone, "classes": self.classes,
+                         "git_rev": self.meta.git_rev, "split": self.meta.split,
+                         "temperature": self.meta.temperature,
+                         "checkpoint_sha256": checkpoint_sha256, "engine": engine.name}
 
     @classmethod
     def from_files(cls, checkpoint: str | Path, reference: str | Path | None = None,
-                   device=None) -> Classifier:
-        """Everything from the pipeline's outputs; a reference of another checkpoint is refused."""
-        model, meta = load_checkpoint(checkpoint, device or default_device())
+                   engine: str = "onnxruntime") -> Classifier:
+        """Everything from the pipeline's outputs; a reference of another checkpoint is refused.
+        ``engine``: ``engines.ENGINES`` (onnxruntime falls back to torch, saying why)."""
         sha = file_sha256(checkpoint)
         ref = load_reference(reference, sha) if reference else None
-        return cls(model, meta, sha, ref)
+        return cls(load_engine(checkpoint, sha, engine), checkpoint, sha, ref)
+
+    @classmethod
+    def from_model(cls, model, meta, checkpoint: str | Path, checkpoint_sha256: str,
+                   reference: Reference | None = None) -> Classifier:
+        """A loaded torch model (``load_checkpoint``'s pair) on the torch engine."""
+        from assurexray.inference.torch_engine import TorchEngine
+        return cls(TorchEngine(model, meta), checkpoint, checkpoint_sha256, reference)
+
+    def cam_model(self):
+        """A private copy of the checkpoint's torch model for Grad-CAM (gradients need torch,
+        whatever the engine; it hooks the model, so never the one forward streams share),
+        loaded on first use: torch is imported only then with the ONNX engine."""
+        with self._cam_lock:
+            if self._cam_model is None:
+                from assurexray.training.checkpoint import load_checkpoint
+                self._cam_model, _ = load_checkpoint(self.checkpoint, self.device)
+            return self._cam_model
 
     # ---- decoding -------------------------------------------------------------------------
     def decode_file(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
@@ -85,25 +105,13 @@ class Classifier:
         ``info`` is ``imageio.read_decoded``'s."""
         check_geometry(gray, full, self.ood_params)
         boxed, *_ = letterbox(gray, self.meta.cache_size, full)
-        # Contiguous here, in the decoding thread: stacking strided (HWC-ordered) tensors for the
-        # batch is otherwise a slow serial copy.
-        tensor = self.transform(image=boxed)["image"].contiguous()
-        return Prepared(tensor, boxed, image_stats(gray, full, info))
+        pixels = model_input(boxed, self.meta.image_size, self.meta.mean, self.meta.std)
+        return Prepared(pixels, boxed, image_stats(gray, full, info))
 
     # ---- inference ------------------------------------------------------------------------
-    def forward(self, tensors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, embeddings) of a (N, 3, S, S) batch; thread-safe (concurrent streams)."""
-        tensors = tensors.to(self.device)
-        with torch.inference_mode():
-            return to_numpy(*self._module(tensors)(tensors))
-
-    def _module(self, example: torch.Tensor) -> torch.nn.Module:
-        """The traced model (traced on the first batch), or eager mode where it cannot be."""
-        with self._trace_lock:
-            if self._traced is None:
-                self._traced = (traced_with_embeddings(self.model, example)
-                                or WithEmbedding(self.model).eval())
-            return self._traced
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, embeddings) of a float32 (N, 3, S, S) batch; thread-safe (concurrent streams)."""
+        return self.engine.forward(batch)
 
     def results(self, prepared: list[Prepared], logits: np.ndarray,
                 embeddings: np.ndarray) -> list[dict]:

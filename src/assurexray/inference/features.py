@@ -8,15 +8,9 @@ large radiograph; colour, size, aspect, bit depth and modality come from the fil
 """
 from __future__ import annotations
 
-import logging
-import warnings
-from typing import Any
-
 import cv2
 import numpy as np
-import torch
 
-log = logging.getLogger(__name__)
 STATS_SIDE = 256
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 FEATURES = (*(f"p{q:02d}" for q in PERCENTILES), "mean", "contrast", "edge", "dark_share",
@@ -79,43 +73,3 @@ def uint8_percentiles(counts: np.ndarray, percentiles) -> np.ndarray:
 
 def content_columns() -> list[int]:
     return [FEATURES.index(name) for name in CONTENT_FEATURES]
-
-
-class WithEmbedding(torch.nn.Module):
-    """A timm model as (logits (N, K), embedding (N, D)) from one forward pass.
-
-    timm's ``forward_head(pre_logits=True)`` stops right before the classifier layer, so
-    ``classifier(embedding)`` is exactly ``model(x)``: the same numbers as evaluation.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model: Any = model  # timm's forward_features / forward_head / get_classifier
-
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
-        return self.model.get_classifier()(emb), emb.flatten(1)
-
-
-def traced_with_embeddings(model: torch.nn.Module,
-                           example: torch.Tensor) -> torch.jit.ScriptModule | None:
-    """``WithEmbedding(model)`` in eval mode, traced by TorchScript on ``example``.
-
-    The traced graph runs the same kernels as eager mode (same numbers) without Python's
-    per-module dispatch, a large share of a small batch's forward time on a CPU.
-    Tracing is not freezing: batch norm stays unfolded, so the numbers do not move. None when
-    the backbone cannot be traced (its forward depends on Python control flow).
-    """
-    head = WithEmbedding(model).eval()
-    try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # TracerWarnings on shape arithmetic
-            return torch.jit.trace(head, example, check_trace=False)
-    except Exception as exc:  # eager mode still works; say why it is slower
-        log.warning("%s cannot be traced (%s): inference runs in eager mode",
-                    type(model).__name__, exc)
-        return None
-
-
-def to_numpy(logits: torch.Tensor, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    return logits.float().cpu().numpy(), emb.float().cpu().numpy()

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -58,7 +57,7 @@ def summarize(classifier: Classifier, items: Sequence, decode: Callable[[Any], P
                 except (ImageReadError, RejectedInput) as exc:
                     rejected.append(f"{i}: {exc}")
             if prepared:
-                logits, emb = classifier.forward(torch.stack([p.tensor for p in prepared]))
+                logits, emb = classifier.forward(np.stack([p.pixels for p in prepared]))
                 chunks.append((logits, emb, np.stack([p.stats for p in prepared])))
             bar.update(min(batch_size, len(items) - start))
     if not chunks:

@@ -19,10 +19,9 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 
-Forward = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
-Submit = Callable[[torch.Tensor], Future]   # prepared input -> future of one forward's rows
+Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Submit = Callable[[np.ndarray], Future]   # prepared input -> future of one forward's rows
 
 
 class QueueFull(Exception):
@@ -35,7 +34,7 @@ class MicroBatcher:
         self.forward, self.max_batch, self.wait_s = forward, max_batch, wait_s
         self.queue_size, self.streams = queue_size, streams
         self.on_batch = on_batch   # told the size of every forward pass (metrics)
-        self._items: deque[tuple[torch.Tensor, Future]] = deque()
+        self._items: deque[tuple[np.ndarray, Future]] = deque()
         self._changed = threading.Condition()
         self._open = 0        # requests announced and not yet answered
         self._preparing = 0   # of those, not yet queued
@@ -51,9 +50,9 @@ class MicroBatcher:
         prepared input -> future of (logits row, embedding row); QueueFull when full."""
         queued = False
 
-        def submit(tensor: torch.Tensor) -> Future:
+        def submit(pixels: np.ndarray) -> Future:
             nonlocal queued
-            future = self._enqueue(tensor)
+            future = self._enqueue(pixels)
             queued = True
             return future
 
@@ -69,12 +68,12 @@ class MicroBatcher:
                     self._preparing -= 1
                 self._changed.notify_all()
 
-    def _enqueue(self, tensor: torch.Tensor) -> Future:
+    def _enqueue(self, pixels: np.ndarray) -> Future:
         future: Future = Future()
         with self._changed:
             if len(self._items) >= self.queue_size:
                 raise QueueFull
-            self._items.append((tensor, future))
+            self._items.append((pixels, future))
             self._preparing -= 1
             self._changed.notify_all()
         return future
@@ -114,7 +113,7 @@ class MicroBatcher:
                 continue
             self.on_batch(len(batch))
             try:
-                logits, embeddings = self.forward(torch.stack([tensor for tensor, _ in batch]))
+                logits, embeddings = self.forward(np.stack([pixels for pixels, _ in batch]))
             except Exception as exc:  # the requests get the error; the worker keeps serving
                 for _, future in batch:
                     future.set_exception(exc)

@@ -35,6 +35,7 @@ class Settings:
     api_keys: frozenset[str] = frozenset()
 
     @classmethod
+    engine: str = "onnxruntime"   # inference.engine of params.yaml
     def from_env(cls, env=os.environ, **overrides) -> Settings:
         """``ASSUREXRAY_CHECKPOINT``, ``_REFERENCE`` (empty: none), ``_PARAMS``,
         ``_API_KEYS``, ``_API_KEY_FILE``; keyword arguments (the command line) win."""
@@ -45,7 +46,8 @@ class Settings:
                 values[name] = Path(raw) if raw else None
         params = overrides.pop("params", None) or env.get("ASSUREXRAY_PARAMS")
         if params:
-            values["limits"] = load_params(params).serve
+            loaded = load_params(params)
+            values["limits"], values["engine"] = loaded.serve, loaded.inference.engine
         key_file = overrides.pop("api_key_file", None) or env.get("ASSUREXRAY_API_KEY_FILE")
         values["api_keys"] = read_api_keys(env.get(KEYS_ENV, ""), key_file)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -55,9 +55,10 @@ def list_files(source: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    limits = load_params(args.params).serve
+    params = load_params(args.params)
+    limits = params.serve
     files = list_files(args.source)
-    classifier = Classifier.from_files(args.checkpoint, args.reference)
+    classifier = Classifier.from_files(args.checkpoint, args.reference, params.inference.engine)
     if classifier.reference is None:
         raise DriftInputError(f"{args.reference}: a training reference is needed for a drift report")
     summary = summarize(classifier, files, classifier.decode_file, args.batch_size, desc="drift")

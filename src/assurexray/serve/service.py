@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import io
 import logging
 import threading
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
+import torch
 from PIL import Image
 
 from assurexray.data.imageio import ImageReadError, sniff_format
@@ -23,7 +23,6 @@ from assurexray.explain.cam import compute_cams, overlay
 from assurexray.inference.classifier import Classifier, Prepared
 from assurexray.inference.drift import drift_report
 from assurexray.inference.ood import RejectedInput
-from assurexray.inference.streams import forward_streams
 from assurexray.serve.batching import MicroBatcher, QueueFull, Submit
 from assurexray.serve.deps import Settings
 from assurexray.serve.telemetry import Telemetry
@@ -56,21 +55,19 @@ class Service:
         """Load the checkpoint, reference and operating point; start the batcher."""
         s = self.settings
         try:
-            classifier = Classifier.from_files(s.checkpoint, s.reference)
+            classifier = Classifier.from_files(s.checkpoint, s.reference, s.engine)
         except Exception as exc:  # /health reports it; the server log says why
             self.error = str(exc)
             log.error("the model could not be loaded: %s", exc)
             return
-        # Grad-CAM hooks its model and runs a backward pass: a private copy keeps it away from
-        # the batcher's forward passes.
-        self._cam_model = copy.deepcopy(classifier.model)
-        streams = self._streams.enter_context(forward_streams(classifier.device))
+        streams = self._streams.enter_context(classifier.engine.streams())
         self.batcher = MicroBatcher(classifier.forward, self.limits.micro_batch,
                                     self.limits.micro_batch_wait_ms / 1000, self.limits.queue_size,
                                     self.telemetry.batch_size.observe, streams)
         self.classifier, self.ready = classifier, True   # last: loaded means batching too
-        log.info("model loaded: %s (%s), %d forward stream(s)", classifier.meta.backbone,
-                 classifier.identity["checkpoint_sha256"][:12], streams)
+        log.info("model loaded: %s (%s), %s engine, %d forward stream(s)",
+                 classifier.meta.backbone, classifier.identity["checkpoint_sha256"][:12],
+                 classifier.engine.name, streams)
 
     @property
     def loaded(self) -> Classifier:
@@ -133,7 +130,7 @@ class Service:
             self.telemetry.rejected.labels(exc.reason).inc()
             raise
         try:
-            future = submit(prepared.tensor)
+            future = submit(prepared.pixels)
         except QueueFull as exc:
             self.telemetry.rejected.labels("queue_full").inc()
             raise InputError(503, "queue_full", "server busy: request queue full",
@@ -147,7 +144,9 @@ class Service:
 
     def _cam(self, prepared: Prepared, target: int) -> dict:
         with self._cam_lock:
-            cam = compute_cams(self._cam_model, prepared.tensor[None], [target])[0]
+            # The torch model loads on the first Grad-CAM request (whatever the engine).
+            cam = compute_cams(self.loaded.cam_model(), torch.from_numpy(prepared.pixels[None]),
+                               [target])[0]
         return {"gradcam_class": self.loaded.classes[target],
                 "image_png": _png(prepared.boxed), "gradcam_png": _png(overlay(prepared.boxed, cam))}
 
