@@ -85,13 +85,14 @@ def main() -> None:
 
 
 def drift_sets(index, ids: dict, summaries: dict, sets: dict):
-    """(held-out images of the training centers, {shifted sets}): test images of the training
-    centers (validation ones under a center split, whose test centers are all new), and as
-    shifted sets the test images of centers never trained on, if any, and corrupted images."""
+    """(held-out images of the training centers or None, {shifted sets}): test images of the
+    training centers (none under a center split: its test centers are all new, and the
+    validation images are the reference itself), and as shifted sets the test images of
+    centers never trained on, if any, and corrupted images."""
     seen = set(index.loc[ids["train"], "center"])
     test = summaries["test"]
     new = np.array([index.at[ids["test"][k], "center"] not in seen for k in test.kept], dtype=bool)
-    held_out = subset(test, ~new) if (~new).sum() >= 2 else summaries["val"]
+    held_out = subset(test, ~new) if (~new).sum() >= 2 else None
     shifted = {"new_center": subset(test, new)} if new.sum() >= 2 else {}
     return held_out, {**shifted, "corrupted": sets["corrupted"]}
 

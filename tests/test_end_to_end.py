@@ -29,7 +29,7 @@ TINY = {
     "analysis": {"bootstrap_iterations": 50},
     "robustness": {"severities": 1},
     "ood": {"images_per_set": 20},
-    "serve": {"drift_window": 30, "drift_permutations": 50},
+    "serve": {"drift_window": 30},
     "anomaly": {"image_size": 32, "train": {"epochs": 1}, "identity_lesions": 4, "gallery": 1},
 }
 

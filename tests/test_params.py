@@ -1,5 +1,7 @@
 """The params loader stops on unknown keys, wrong types and out-of-range values, naming the key."""
+import dataclasses
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from assurexray.params import (
     Params,
     ParamsError,
     TrainParams,
+    drift_permutations_needed,
     load_params,
+    range_rules,
     to_dict,
 )
 from assurexray.training.losses import LOSSES
@@ -111,6 +115,20 @@ def test_missing_key_takes_the_dataclass_default(tmp_path):
     ({"explain": {"road_percentiles": [0, 50]}}, "explain.road_percentiles"),
     ({"robustness": {"severities": 0}}, "robustness.severities"),
     ({"data": {"synthetic": {"min_side": 800}}}, "data.synthetic.min_side"),
+    ({"explain": {"road_bootstrap": 0}}, "explain.road_bootstrap"),
+    ({"reference": {"sample_size": 1}}, "reference.sample_size"),
+    ({"ood": {"min_side": 0}}, "ood.min_side"),
+    ({"ood": {"max_aspect": 0.5}}, "ood.max_aspect"),
+    ({"ood": {"false_alarm_rate": 1.0}}, "ood.false_alarm_rate"),
+    ({"serve": {"drift_alpha": 0}}, "serve.drift_alpha"),
+    ({"serve": {"drift_window": 1}}, "serve.drift_window"),
+    ({"serve": {"queue_size": 0}}, "serve.queue_size"),
+    ({"serve": {"request_timeout_s": 0}}, "serve.request_timeout_s"),
+    ({"anomaly": {"image_size": 60}}, "anomaly.unet.depth"),   # not a multiple of 2**3
+    ({"anomaly": {"archs": []}}, "anomaly.archs"),
+    ({"anomaly": {"unet": {"drop_skips": [3]}}}, "anomaly.unet.drop_skips"),
+    ({"anomaly": {"score": {"ssim_window": 4}}}, "anomaly.score.ssim_window"),
+    ({"anomaly": {"train": {"warmup_epochs": 9}}}, "anomaly.train.warmup_epochs"),
 ])
 def test_value_out_of_range_is_named(tmp_path, data, key):
     with pytest.raises(ParamsError, match=f"'{key}' must be"):
@@ -148,3 +166,72 @@ def test_unreadable_file_is_a_params_error(tmp_path):
         load_params(path)
     with pytest.raises(ParamsError, match="cannot read"):
         load_params(tmp_path)  # a folder
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict)
+                   else {prefix + key: value})
+    return out
+
+
+def test_dataclass_defaults_are_the_shipped_params():
+    """One value per key: a default in params.py that params.yaml contradicts would silently
+    change a result for anyone whose file omits the key."""
+    shipped = leaves(to_dict(load_params(REPO / "params.yaml")))
+    defaults = leaves(to_dict(Params()))
+    differ = {k: (defaults.get(k), shipped.get(k)) for k in shipped.keys() | defaults.keys()
+              if defaults.get(k) != shipped.get(k)}
+    assert not differ, f"params.py default vs params.yaml: {differ}"
+
+
+NUMBER = {int, float}
+
+
+def numeric_keys(cls, prefix: str = "") -> set[str]:
+    """Dotted keys whose type is a number, an optional number or a list of numbers."""
+    out = set()
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out |= numeric_keys(hint, f"{prefix}{name}.")
+            continue
+        inner = set(typing.get_args(hint)) - {type(None)} if typing.get_origin(hint) in (
+            typing.Union, types.UnionType) else {hint}
+        if typing.get_origin(hint) is list:
+            inner = set(typing.get_args(hint))
+        if inner and inner <= NUMBER:
+            out.add(prefix + name)
+    return out
+
+
+def test_every_numeric_key_has_a_range_rule():
+    """A new numeric key needs a rule in params.range_rules (its own, or named by a cross-key
+    rule); tune.space is checked by SearchDim and against the tuned keys' own rules."""
+    rules = range_rules(Params())
+    covered = {key for key, _, _ in rules} | {
+        name for _, _, text in rules for name in re.findall(r"[a-z_]+(?:\.[a-z_0-9]+)+", text)}
+    missing = numeric_keys(Params) - covered
+    assert not missing, f"no range rule for {sorted(missing)}"
+
+
+def test_drift_permutations_must_let_the_embedding_test_fire(tmp_path):
+    """200 permutations (the old setting) give p >= 1/201, above the embedding test's level."""
+    assert drift_permutations_needed(0.05) == 440
+    with pytest.raises(ParamsError, match="'serve.drift_permutations' must be >= 440"):
+        load_params(write(tmp_path, {"serve": {"drift_permutations": 200}}))
+    with pytest.raises(ParamsError, match="'serve.drift_permutations' must be >= 2200"):
+        load_params(write(tmp_path, {"serve": {"drift_alpha": 0.01}}))
+    assert load_params(write(tmp_path, {"serve": {"drift_permutations": 440}}))
+
+
+@pytest.mark.parametrize("dim, message", [
+    ({"train.lr": {"type": "float", "low": 0.0, "high": 0.01}}, "can draw 0.0: 'train.lr' must be > 0"),
+    ({"train.epochs": {"type": "float", "low": 1.0, "high": 3.0}}, "'train.epochs' must be int"),
+    ({"train.loss": {"type": "choice", "choices": ["ce", "hinge"]}}, "can draw 'hinge'"),
+    ({"train.warmup_epochs": {"type": "int", "low": 0, "high": 40}}, "train.warmup_epochs"),
+    ({"evaluate.batch_size": {"type": "int", "low": 8, "high": 64}}, "runtime key"),
+])
+def test_tune_space_draws_only_valid_values(tmp_path, dim, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(write(tmp_path, {"tune": {"space": dim}}))

@@ -2,9 +2,9 @@
 
 Written by the ``reference`` stage as one ``.npz`` of plain arrays (loaded with
 ``allow_pickle=False``, so a file from elsewhere cannot run code) plus a JSON header:
-the training-set image statistics, a PCA projection and a sample of training embeddings for
-the embedding-drift test, the fitted out-of-distribution scorer with its threshold, the
-geometry limits, and the SHA-256 of the checkpoint it belongs to.
+the training-set image statistics, a PCA projection (fitted on the training embeddings) and a
+sample of validation embeddings for the embedding-drift test, the fitted out-of-distribution
+scorer with its threshold, the geometry limits, and the SHA-256 of the checkpoint it belongs to.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Reference:
     train_stats: np.ndarray      # (N, len(FEATURES))
     pca_mean: np.ndarray         # (D,)
     pca_components: np.ndarray   # (d, D)
-    emb_sample: np.ndarray       # (M, d) projected training embeddings
+    emb_sample: np.ndarray       # (M, d) projected validation embeddings
     scorer: OodScorer
     ood: OodParams
 

@@ -17,10 +17,12 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}th{background:#ee
 <p>Window of <b>{{ r.n }}</b> inputs against <b>{{ r.reference_n }}</b> training images.
 Verdict: <b>{{ "DRIFT" if r.drift else "no drift" }}</b>
 {% if r.drift %}({{ r.drifted | join(", ") }}){% endif %}.
-{{ r.tests }} tests at alpha {{ r.alpha }} (Bonferroni: each at {{ "%.4f" % r.per_test_level }}).</p>
+{{ r.tests }} tests at alpha {{ r.alpha }} together (weighted Bonferroni: the embedding test at
+{{ "%.4f" % r.levels.embedding }}, each image statistic at {{ "%.5f" % r.levels.ks }}).</p>
 <h2>Embedding drift</h2>
 <p>{{ r.embedding.test }}: MMD&sup2; {{ "%.4f" % r.embedding.mmd2 }},
-p = {{ "%.4f" % r.embedding.p_value }} ({{ r.embedding.permutations }} permutations):
+p = {{ "%.4f" % r.embedding.p_value }} ({{ r.embedding.permutations }} permutations, against
+{{ r.embedding.reference_n }} validation images):
 <b>{{ "drift" if r.embedding.drift else "no drift" }}</b>.</p>
 <h2>Image statistics</h2>
 <table><tr><th>statistic</th><th>reference median</th><th>window median</th><th>PSI</th>
