@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from assurexray.anomaly import gallery
-from assurexray.anomaly.checkpoint import check_cache_size, load_autoencoder
+from assurexray.anomaly.checkpoint import NotTrained, check_cache_size, load_autoencoder
 from assurexray.anomaly.data import input_tensors
 from assurexray.anomaly.evaluation import evaluate_scores, localization, score_table
 from assurexray.anomaly.identity import identity_check
@@ -18,6 +18,7 @@ from assurexray.console import run_main
 from assurexray.data.cache import ImageCache
 from assurexray.data.datasets import read_split
 from assurexray.data.schema import read_index
+from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.bootstrap import read_groups
 from assurexray.evaluation.predictions import write_json
 from assurexray.explain.localization import model_frame_annotations
@@ -36,7 +37,13 @@ def main() -> None:
 
     params = load_params(args.params)
     device = default_device()
-    model, meta = load_autoencoder(args.model, device)
+    try:
+        model, meta = load_autoencoder(args.model, device)
+    except NotTrained as exc:   # e.g. no 'Normal' class: the summary renders the reason
+        write_json(args.out / "evaluation.json", not_applicable(exc.reason))
+        args.plots.mkdir(parents=True, exist_ok=True)
+        log.warning("%s", exc)
+        return
     cache = ImageCache(args.cache)
     check_cache_size(meta, cache, args.cache)
     classes, size, bs = meta["classes"], meta["image_size"], params.anomaly.batch_size

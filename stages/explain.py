@@ -10,6 +10,7 @@ from assurexray.console import run_main
 from assurexray.data.datasets import CachedDataset
 from assurexray.data.schema import DatasetInfo
 from assurexray.errors import AssureXRayError
+from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.predictions import SplitPredictions, read_predictions, write_json
 from assurexray.explain import cam, gallery, layer_selection, localization
 from assurexray.inference.runner import load_for_inference
@@ -47,10 +48,13 @@ def main() -> None:
 
     ids, y_true, y_pred = annotated(cache, preds)
     log.info("%d of %d test images have lesion annotations", len(ids), len(preds.image_ids))
-    localization_metrics, road = None, None  # a source without boxes: nothing to localize
     if len(ids):
         localization_metrics, road = localize_test_set(model, meta, cache, transform, ids,
                                                        y_true, y_pred, layer, params)
+    else:  # e.g. a source without boxes: the metrics and the summary say why
+        localization_metrics = road = not_applicable(
+            f"none of the {len(preds.image_ids)} test images has a usable lesion annotation "
+            "(box) to score the maps against")
 
     cases = gallery.select_cases(preds, ex.per_class)
     gallery.write_gallery(model, cache, transform, cases, meta.classes, args.gallery,

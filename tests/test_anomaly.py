@@ -10,14 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from assurexray.anomaly.checkpoint import load_autoencoder, save_autoencoder
-from assurexray.anomaly.data import AbnormalImageError, NormalImages, ae_transform, input_tensors
+from assurexray.anomaly.checkpoint import NotTrained, load_autoencoder, save_autoencoder, save_not_trained
+from assurexray.anomaly.data import (
+    AbnormalImageError,
+    NormalImages,
+    ae_transform,
+    input_tensors,
+    normal_index,
+    not_applicable_reason,
+)
 from assurexray.anomaly.identity import draw_lesions, identity_check
 from assurexray.anomaly.scoring import score_inputs
 from assurexray.anomaly.train import train_autoencoder
 from assurexray.data.cache import letterbox
 from assurexray.data.synthetic.metadata import plan_rows
 from assurexray.data.synthetic.render import render_image
+from assurexray.errors import AssureXRayError
 from assurexray.params import Params
 from assurexray.training.checkpoint import CheckpointError
 from assurexray.training.loop import SplitData
@@ -95,6 +103,21 @@ def test_normal_images_refuses_a_tumour_image(twin):
     cache, ids, labels = twin
     with pytest.raises(AbnormalImageError, match=ids[72]):
         NormalImages(cache, [ids[0], ids[72]], labels[[0, 72]], CLASSES, ae_transform(SIZE, True))
+
+
+def test_a_set_without_a_normal_class_is_not_applicable_with_its_reason(tmp_path):
+    assert not_applicable_reason(["normal", "Tumour"]) is None
+    reason = not_applicable_reason(["Benign", "Malignant"])
+    assert "no 'Normal' class (classes ['Benign', 'Malignant'])" in reason
+    with pytest.raises(AssureXRayError, match="does not apply: the labelled set has no 'Normal'"):
+        normal_index(["Benign", "Malignant"])
+    # anomaly_train writes the reason in the checkpoint's place; anomaly_evaluate and
+    # `predict --anomaly-checkpoint` get it back from there
+    path = tmp_path / "unet.pt"
+    save_not_trained(path, reason)
+    with pytest.raises(NotTrained, match="no anomaly detector was trained: the labelled set") as exc:
+        load_autoencoder(path)
+    assert exc.value.reason == reason and path.with_suffix(".provenance.json").exists()
 
 
 def test_reconstructs_normals_better_than_drawn_lesions_and_points_at_them(twin, trained):

@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.data.transforms import eval_transform
+from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.explain import cam, gallery, layer_selection, localization
 from assurexray.reporting.render import SYNTHETIC_BANNER, header, render
@@ -54,7 +55,7 @@ def test_every_registered_family_has_an_example():
                          ids=[*FAMILY_EXAMPLES, "feature_info"])
 def test_cam_shape_range_and_hooks_released(backbone, side, grid):
     torch.manual_seed(0)
-    model = build_model(backbone, num_classes=3, pretrained=False)
+    model = build_model(backbone, num_classes=3)
     inputs = torch.randn(2, 3, side, side)
     # The target layer's output, as the CAM sees it: spatial, not after global pooling.
     reshape = cam_reshape_transform(model) or (lambda x: x)
@@ -76,14 +77,14 @@ def test_cam_shape_range_and_hooks_released(backbone, side, grid):
 @pytest.mark.parametrize("method", ["gradcam++", "hirescam", "eigencam"])
 def test_other_methods(method, batch):
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=3, pretrained=False)
+    model = build_model("resnet18", num_classes=3)
     maps = cam.compute_cams(model, batch, [1, 1], method)
     assert maps.shape == (2, 64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0
     assert _hooks(model) == 0
 
 
 def test_unknown_method_and_bad_class_are_clear_errors(batch):
-    model = build_model("resnet18", num_classes=3, pretrained=False)
+    model = build_model("resnet18", num_classes=3)
     with pytest.raises(ValueError, match="unknown CAM method"):
         cam.compute_cams(model, batch, [0, 0], "scorecam")
     with pytest.raises(IndexError, match="target classes"):
@@ -303,10 +304,11 @@ def test_summary_page_links_the_gallery_and_warns(tmp_path):
                                           for t, g in metrics["localization"].items()}}
     assert "| incorrect | 0 | - | - | - | - | - |" in page("synthetic", sparse)  # an empty subset
     assert "synthetic" not in page("btxrd").lower()
-    # no annotated test image: the stage writes null sections, the page says so
-    empty = {**metrics, "n_annotated": 0, "localization": None, "faithfulness": {"road": None}}
+    # no annotated test image: the stage writes "not applicable" records, the page gives why
+    na = not_applicable("none of the 9 test images has a box")
+    empty = {**metrics, "n_annotated": 0, "localization": na, "faithfulness": {"road": na}}
     text = page("synthetic", empty)
-    assert text.count("Not measured: no test image has a usable lesion annotation") == 2
+    assert text.count("Not applicable: none of the 9 test images has a box.") == 2
     assert "| subset |" not in text and len(re.findall(r"\.png\)", text)) == len(cases)
 
 
@@ -382,7 +384,7 @@ def test_layer_is_chosen_by_the_validation_pointing_game(tmp_path):
                                                                      "blocks.6"])])
 def test_candidate_layers_start_with_the_family_layer_and_are_spatial(backbone, expected, batch):
     torch.manual_seed(0)
-    model = build_model(backbone, num_classes=3, pretrained=False)
+    model = build_model(backbone, num_classes=3)
     candidates = cam_candidate_layers(model)
     assert candidates == expected and candidates[0] == cam_layer_name(model)  # layer4 == layer4.1
     for layer in candidates:

@@ -13,6 +13,7 @@ import torch
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.data.splits import split_metrics
+from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.bootstrap import METHOD, Predictions, bootstrap_metrics
 from assurexray.evaluation.calibration import temperature_scaling_report
 from assurexray.evaluation.curves import evaluation_metrics
@@ -187,7 +188,7 @@ TRAIN = {"train_loss": 0.61234, "val_loss": 0.7, "val_macro_auc": 0.79, "val_acc
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
+    model = build_model("mobilenetv3_small_100", len(CLASSES), dropout=0.0)
     meta = CheckpointMeta(backbone="mobilenetv3_small_100", classes=CLASSES, image_size=160,
                           cache_size=256, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
                           dropout=0.0, params=to_dict(Params()), split="stratified", epoch=8,
@@ -398,17 +399,19 @@ def test_stage_writes_both_documents(project, tmp_path):
 
 
 def test_explain_without_annotated_images_is_stated(project):
-    """The explain stage writes n_annotated 0 and null localization/ROAD sections when no
-    test image has a usable annotation: both documents say so instead of failing."""
-    explain = {**METRICS["explain.json"], "n_annotated": 0, "localization": None,
-               "faithfulness": {"road": None}}
+    """The explain stage writes n_annotated 0 and "not applicable" localization/ROAD records
+    when no test image has a usable annotation: both documents give the reason."""
+    na = not_applicable("none of the 9 test images has a box")
+    explain = {**METRICS["explain.json"], "n_annotated": 0, "localization": na,
+               "faithfulness": {"road": na}}
     (project["metrics_dir"] / "explain.json").write_text(json.dumps(explain))
     card, report = render(project)
     for doc in (card, report):
-        assert "gradcam: no test image has a usable lesion annotation (n_annotated 0)" in doc
-        assert "Grad-CAM localization and faithfulness were not measured" in doc
+        assert ("gradcam: localization and faithfulness not applicable: none of the 9 test "
+                "images has a box.") in doc
+        assert "Grad-CAM localization and faithfulness do not apply: none of the 9" in doc
         assert "not available" not in doc.lower() and not PLACEHOLDERS.search(doc)
-    assert "Faithfulness (ROAD): not measured (no annotated test image)." in report
+    assert "Faithfulness (ROAD): not applicable (see below)." in report
     assert "**CAM of the true class**" not in report
 
 

@@ -262,7 +262,8 @@ def test_robustness_stage(project):
 
 def test_explain_stage_without_lesion_annotations(project):
     """A source without boxes (a folder-per-class manifest): the gallery and the summary are
-    produced, localization and ROAD are null, the CAM layer stays the a-priori one."""
+    produced, localization and ROAD say why they do not apply, the CAM layer stays the
+    a-priori one."""
     DatasetInfo("manifest", CLASSES, str(project)).save(project / "dataset.json")
     run_stage("explain", "--params", str(project / "params.yaml"),
               "--model", str(project / "model.pt"), "--cache", str(project / "cache"),
@@ -272,9 +273,11 @@ def test_explain_stage_without_lesion_annotations(project):
               "--gallery", str(project / "gallery"), "--summary", str(project / "gradcam.md"))
     metrics = json.loads((project / "explain.json").read_text())
     assert metrics["n_test"] == 9 and metrics["n_annotated"] == 0
-    assert metrics["localization"] is None and metrics["faithfulness"] == {"road": None}
+    assert metrics["localization"] == metrics["faithfulness"]["road"] == {
+        "applicable": False, "reason": "none of the 9 test images has a usable lesion "
+                                       "annotation (box) to score the maps against"}
     assert metrics["layer_selection"]["selected_layer"] == "layer4.1"
     assert metrics["layer_selection"]["n_validation"] == 0
     pngs = sorted(p.name for p in (project / "gallery").glob("*.png"))
     assert pngs and len(pngs) == metrics["gallery"]["n_images"]
-    assert "Not measured" in (project / "gradcam.md").read_text()
+    assert "Not applicable: none of the 9 test images" in (project / "gradcam.md").read_text()

@@ -26,6 +26,9 @@ from assurexray.training.checkpoint import (
 )
 
 KIND = "autoencoder"
+# A file in the checkpoint's place holding only why no detector was trained (DVC needs the
+# stage's outputs; readers get the reason).
+NOT_TRAINED = "not_trained"
 REQUIRED_META = ("arch", "config", "image_size", "cache_size", "classes", "normal_class", "score",
                  "params", "split", "epoch", "best_val_loss")
 
@@ -43,11 +46,29 @@ def save_autoencoder(path: str | Path, model: nn.Module, meta: dict) -> None:
     provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
+class NotTrained(CheckpointError):
+    """The checkpoint file says why no detector was trained (``save_not_trained``)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: no anomaly detector was trained: {reason}")
+        self.reason = reason
+
+
+def save_not_trained(path: str | Path, reason: str) -> None:
+    """Write, in the checkpoint's place, only the reason no detector was trained."""
+    path = Path(path)
+    atomic_save({"meta": {"kind": NOT_TRAINED, "reason": reason}}, path)
+    provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
+
+
 def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the autoencoder from its meta and load the weights (eval mode)."""
+    """Rebuild the autoencoder from its meta and load the weights (eval mode); ``NotTrained``
+    when the file holds only the reason none was trained."""
     path = Path(path)
     payload = read_payload(path, "run anomaly_train")
     meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
+    if meta.get("kind") == NOT_TRAINED:
+        raise NotTrained(path, str(meta.get("reason")))
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{path}: not an autoencoder checkpoint (a classifier goes to "
                               "--checkpoint, an autoencoder to --anomaly-checkpoint)")

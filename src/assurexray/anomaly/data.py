@@ -26,13 +26,22 @@ class AbnormalImageError(AssureXRayError, ValueError):
     """A non-normal image was about to reach an autoencoder's training data."""
 
 
+def not_applicable_reason(classes: Sequence[str]) -> str | None:
+    """Why anomaly detection cannot apply to a labelled set with these classes (None when it
+    can): every detector learns what normal looks like from the 'Normal' images alone. The
+    anomaly stages write this reason (``evaluation.applicability``) instead of failing."""
+    if any(c.lower() == NORMAL.lower() for c in classes):
+        return None
+    return (f"the labelled set has no '{NORMAL}' class (classes {list(classes)}), and anomaly "
+            "detection learns what normal looks like from normal images only")
+
+
 def normal_index(classes: Sequence[str]) -> int:
     """Position of the 'Normal' class (any case); the anomaly stages need one."""
-    found = [i for i, c in enumerate(classes) if c.lower() == NORMAL.lower()]
-    if not found:
-        raise AssureXRayError(f"anomaly detection needs a '{NORMAL}' class; classes are "
-                              f"{list(classes)}")
-    return found[0]
+    reason = not_applicable_reason(classes)
+    if reason:
+        raise AssureXRayError(f"anomaly detection does not apply: {reason}")
+    return next(i for i, c in enumerate(classes) if c.lower() == NORMAL.lower())
 
 
 def ae_transform(image_size: int, train: bool) -> A.Compose:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Polygon, Rectangle
 
 from assurexray.data.datasets import CachedDataset
+from assurexray.evaluation.applicability import applies
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.explain.cam import cams_for_dataset, overlay
 
@@ -124,16 +125,18 @@ def summary_context(metrics: dict, cases: Sequence[Case], gallery_dir: str | Pat
                     summary_path: str | Path) -> dict:
     """The body of docs/gradcam_summary.md (templates/gradcam_summary.md.j2 in the reporting
     wing): raw figures from the explain metrics, the gallery by path relative to the summary.
-    A null localization or ROAD section (no annotated test image) stays None."""
+    A localization or ROAD section that does not apply (no annotated test image) is None,
+    with its reason in ``not_applicable``."""
     rel = Path(os.path.relpath(gallery_dir, Path(summary_path).parent)).as_posix()
     loc = metrics["localization"]
-    road = (metrics["faithfulness"] or {}).get("road")
+    road = metrics["faithfulness"]["road"]
     keys = ("method", "n_annotated", "n_test", "cam_threshold", "layer_selection")
     return {key: metrics[key] for key in keys} | {
-        "localization": None if loc is None else
+        "not_applicable": None if applies(loc) else loc["reason"],
+        "localization": None if not applies(loc) else
         [(title, _localization_rows(loc[target])) for target, title in
          (("true_class", "CAM of the true class"), ("predicted_class", "CAM of the predicted class"))],
-        "road": None if road is None else
+        "road": None if not applies(road) else
         {key: road[key] for key in ("combined", "combined_ci_low", "combined_ci_high", "ci_level",
                                     "ci_method", "n", "percentiles")} |
         {curve: [road[curve][str(p)] for p in road["percentiles"]] for curve in ("morf", "lerf")},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from assurexray.anomaly.compare import comparison_context
+from assurexray.evaluation.applicability import applies
 from assurexray.params import Params
 from assurexray.reporting import sections
 from assurexray.reporting.inputs import Inputs, guarded
@@ -122,15 +123,22 @@ def localization_rows(groups: dict) -> list[list]:
 
 def gradcam(explain: dict) -> dict:
     loc = explain["localization"]
-    road = (explain["faithfulness"] or {}).get("road")
+    road = explain["faithfulness"]["road"]
     return {"method": explain["method"], "n_annotated": explain["n_annotated"],
             "n_test": explain["n_test"], "cam_threshold": explain["cam_threshold"],
-            "tables": [] if loc is None else
+            "tables": [] if not applies(loc) else
             [(title, localization_rows(loc[target])) for target, title in
              (("true_class", "CAM of the true class"),
               ("predicted_class", "CAM of the predicted class"))],
-            "road": None if road is None else {"n": road["n"], "combined": road["combined"]},
+            "road": None if not applies(road) else {"n": road["n"], "combined": road["combined"]},
             "summary": sections.gradcam_summary(explain)}
+
+
+def anomaly(summary: dict) -> dict:
+    """The anomaly section: the comparison, or why anomaly detection did not apply."""
+    if not applies(summary):
+        return {"not_applicable": summary["reason"]}
+    return comparison_context(summary["comparison"], summary["architectures"])
 
 
 def context(inputs: Inputs, doc_dir: Path) -> dict:
@@ -153,8 +161,7 @@ def context(inputs: Inputs, doc_dir: Path) -> dict:
         "subgroups": guarded(lambda: subgroups(i.subgroups.data, i.analysis), i.subgroups),
         "robustness": guarded(lambda: robustness(i.robustness.data), i.robustness),
         "gradcam": guarded(lambda: gradcam(i.explain.data), i.explain),
-        "anomaly": guarded(lambda: comparison_context(i.anomaly.data["comparison"],
-                                                      i.anomaly.data["architectures"]), i.anomaly),
+        "anomaly": guarded(lambda: anomaly(i.anomaly.data), i.anomaly),
         "published": sections.published(),
         "caveats": sections.run_specific_caveats(i),
     }

@@ -12,6 +12,7 @@ from importlib import resources
 import yaml
 
 from assurexray.errors import AssureXRayError
+from assurexray.evaluation.applicability import applies
 from assurexray.params import Params
 from assurexray.reporting.inputs import Inputs, when_available
 from assurexray.reporting.render import ci, defined, header, num, short
@@ -171,12 +172,12 @@ def vs_chance(g: dict) -> str:
 
 
 def gradcam_summary(explain: dict) -> dict:
-    """The headline localization figures; ``localized`` False when the explain stage had no
-    annotated test image (null localization section)."""
+    """The headline localization figures; ``localized`` False (and the reason) when
+    localization did not apply (no annotated test image)."""
     base = {"method": explain["method"], "n_annotated": explain["n_annotated"]}
     loc = explain["localization"]
-    if loc is None:
-        return {**base, "localized": False}
+    if not applies(loc):
+        return {**base, "localized": False, "reason": loc["reason"]}
     o, good, bad = (loc["true_class"][k] for k in ("overall", "correct", "incorrect"))
     return {**base, "localized": True, "pointing_game": o.get("pointing_game"),
             "chance": o.get("chance"), "vs_chance": vs_chance(o),
@@ -219,9 +220,9 @@ def _subgroup_caveat(rows: list[dict]) -> list[str]:
 
 
 def _gradcam_caveat(explain: dict) -> list[str]:
-    if explain["localization"] is None:
-        return ["- No test image had a usable lesion annotation: Grad-CAM localization and "
-                "faithfulness were not measured."]
+    if not applies(explain["localization"]):
+        return [f"- Grad-CAM localization and faithfulness do not apply: "
+                f"{explain['localization']['reason']}."]
     overall = explain["localization"]["true_class"]["overall"]
     if not overall["n"] or not defined(overall.get("pointing_game")):
         return []
