@@ -81,9 +81,9 @@ def test_ordered_keeps_the_order_and_a_bounded_number_in_flight():
     assert most[0] <= 2
 
 
-def rows(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def rows(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A stand-in forward pass: each input's mean as its logits and embedding."""
-    means = batch.flatten(1).mean(dim=1, keepdim=True).numpy()
+    means = batch.reshape(len(batch), -1).mean(axis=1, keepdims=True)
     return means, means
 
 
@@ -96,7 +96,7 @@ def requests(batcher: MicroBatcher, values: list[float], stagger_s: float) -> li
         with batcher.incoming() as submit:
             announced.wait()
             time.sleep(stagger_s * i)
-            answers[i] = submit(torch.full((2,), values[i])).result(timeout=10)[0][0]
+            answers[i] = submit(np.full((2,), values[i])).result(timeout=10)[0][0]
 
     threads = [threading.Thread(target=request, args=(i,)) for i in range(len(values))]
     for t in threads:
@@ -162,8 +162,8 @@ def test_a_failed_forward_fails_its_batch_only_and_close_stops_the_workers():
     batcher = MicroBatcher(flaky, max_batch=8, wait_s=0, queue_size=8)
     with batcher.incoming() as submit:
         with pytest.raises(RuntimeError, match="out of memory"):
-            submit(torch.ones(2)).result(timeout=10)
+            submit(np.ones(2)).result(timeout=10)
     with batcher.incoming() as submit:
-        assert submit(torch.ones(2)).result(timeout=10)[0][0] == 1.0
+        assert submit(np.ones(2)).result(timeout=10)[0][0] == 1.0
     batcher.close()
     assert not any(t.is_alive() for t in batcher.threads)
