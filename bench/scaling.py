@@ -28,6 +28,7 @@ from pathlib import Path
 import dvc.api
 import torch
 import yaml
+from dvc.exceptions import PathMissingError
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.evaluation.bootstrap import bootstrap_metrics, read_groups, read_predictions
@@ -144,6 +145,7 @@ def measure(name: str, sha: str) -> dict:
     """One grid point's figures, read from its experiment commit and the DVC cache."""
     params = _yaml(sha, "params.yaml")
     train = json.loads(dvc.api.read("dvclive/train/metrics.json", rev=sha))
+    train.update(_resources(sha))
     analysis = json.loads(dvc.api.read("metrics/analysis.json", rev=sha))
     a = params["analysis"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,6 +164,15 @@ def measure(name: str, sha: str) -> dict:
             "train_images_per_second": train["train_images_per_second"],
             "epoch_seconds": train["epoch_seconds"], "peak_memory_mb": train["peak_memory_mb"],
             "train_minutes": train["epoch_seconds"] * epochs / 60, "train_images": n_train}
+
+
+def _resources(sha: str) -> dict:
+    """Epoch time, throughput and peak memory of the experiment's training: their own file
+    (runs made before it existed kept them in metrics.json, read above)."""
+    try:
+        return json.loads(dvc.api.read("dvclive/train/resources.json", rev=sha))
+    except PathMissingError:
+        return {}
 
 
 def cost_key(rows: list[dict]) -> str:

@@ -145,6 +145,20 @@ def test_runtime_settings_leave_dvc_status_clean(project):
         path.write_text(original)
 
 
+def test_an_identical_rerun_leaves_every_later_stage_cached(project):
+    """Timings and memory live in files no stage reads: retraining to the same weights, or
+    rerunning the reference stage, changes nothing a later stage depends on."""
+    run(["dvc", "repro"], project)
+    ood = (project / "metrics/ood.json").read_bytes()
+    for stage in ("train", "reference"):
+        run(["dvc", "repro", "--force", "--single-item", stage], project)
+    status = run(["dvc", "status"], project)
+    assert "up to date" in status.lower(), status
+    assert (project / "metrics/ood.json").read_bytes() == ood
+    resources = json.loads((project / "dvclive/train/resources.json").read_text())
+    assert resources["epoch_seconds"] > 0 and resources["peak_memory_mb"] > 0
+
+
 def test_temperature_is_fitted_on_validation_not_test(project):
     run(["dvc", "repro"], project)
     temperature = json.loads((project / "metrics/calibration.json").read_text())["temperature"]

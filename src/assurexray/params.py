@@ -500,17 +500,11 @@ def _check_tune_space(p: Params) -> None:
     for key, dim in p.tune.space.items():
         if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
             raise ParamsError(f"'tune.space.{key}': a runtime key changes no result; tune another")
-        values = dim.choices if dim.type == "choice" else [dim.low, dim.high]
-        for value in values or []:
+        values: list = list(dim.choices or []) if dim.type == "choice" else [dim.low, dim.high]
+        for value in values:
             drawn = int(value) if dim.type == "int" else value
-            raw = to_dict(p)
-            *parents, leaf = key.split(".")
-            section = raw
-            for part in parents:
-                section = section[part]
-            section[leaf] = drawn
             try:
-                _check_rules(from_dict(Params, raw))
+                _check_rules(from_dict(Params, _with_value(p, key, drawn)))
             except ParamsError as exc:
                 raise ParamsError(f"'tune.space.{key}' can draw {drawn!r}: {exc}") from exc
 
@@ -524,3 +518,14 @@ def _value(params: Params, key: str):
 def to_dict(params) -> dict:
     """Plain-dict view (for checkpoints and reports)."""
     return dataclasses.asdict(params)
+def _with_value(p: Params, key: str, value) -> dict:
+    """The params as a plain mapping with dotted ``key`` set to ``value``."""
+    raw = to_dict(p)
+    *parents, leaf = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    section[leaf] = value
+    return raw
+
+

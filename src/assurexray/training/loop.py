@@ -39,7 +39,7 @@ from assurexray.training.checkpoint import CheckpointMeta, atomic_save
 from assurexray.training.distributed import Dist
 from assurexray.training.losses import build_loss
 from assurexray.training.models import build_model, default_device
-from assurexray.training.resources import Stopwatch
+from assurexray.training.resources import Stopwatch, write_resources
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def fit(model: nn.Module, criterion: nn.Module, train_loader, val_loader, config
         live.summary["best_epoch"] = state.best_epoch
         live.summary["best_val_macro_auc"] = state.history[state.best_epoch]["val_macro_auc"]
         live.summary["selection_metric"] = state.selection
-        live.summary.update(loop.stopwatch.summary(len(train_loader.dataset), device))
+    if ddp.main:
+        write_resources(live_dir, loop.stopwatch.summary(len(train_loader.dataset), device))
     if best_state is None:  # params guarantee train.epochs >= 1, so an epoch always ran
         raise RuntimeError("training finished without a completed epoch")
     return best_state, state

@@ -1,15 +1,22 @@
-"""What a training run cost: throughput, epoch time and peak memory (dvclive summary keys).
+"""What a training run cost: throughput, epoch time and peak memory.
 
-These are the figures `docs/scaling.md` compares across input sizes and backbones.
+These are the figures `docs/scaling.md` compares across input sizes and backbones. They go to
+their own file (``RESOURCES_FILE`` beside dvclive's metrics), never into ``metrics.json``: they
+change on every run, and a stage reading metrics.json (report) would rerun after an identical
+retraining.
 """
 from __future__ import annotations
 
+import json
 import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+RESOURCES_FILE = "resources.json"
 
 
 @dataclass
@@ -35,6 +42,15 @@ class Stopwatch:
         return {"epoch_seconds": sum(train) / len(train) + sum(val) / len(val),
                 "train_images_per_second": train_images * len(train) / sum(train),
                 "peak_memory_mb": peak_memory_mb(device)}
+
+
+def write_resources(live_dir: str | Path, summary: dict) -> None:
+    """``summary`` (``Stopwatch.summary``) as ``live_dir/RESOURCES_FILE``; a note when no epoch
+    ran in this process."""
+    figures = summary or {"note": "no epoch ran in this process (a finished run replayed)"}
+    path = Path(live_dir) / RESOURCES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def peak_memory_mb(device: torch.device) -> float:
