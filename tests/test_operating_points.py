@@ -17,6 +17,7 @@ from assurexray.evaluation.operating_points import (
     evaluate_operating_points,
     fit_operating_points,
     read_fitted,
+    read_test_rates,
 )
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -191,3 +192,35 @@ def test_fitted_points_round_trip_through_the_calibration_file(tmp_path):
     with pytest.raises(ValueError, match="decision"):
         fit_operating_points(np.zeros(3, int), np.ones((3, 3)) / 3, CLASSES, 0.9, 0.9, "best",
                              "calibrated")
+
+
+def test_decisions_quote_the_test_rates_analyze_measured_at_their_threshold(tmp_path):
+    positive, scores = val_arrays()
+    fitted = fit(malignant_predictions(scores, positive))
+    rng = np.random.default_rng(1)
+    test_pos = rng.random(120) < 0.4
+    test = malignant_predictions(np.clip(rng.normal(0.35 + 0.3 * test_pos, 0.15), 0, 1), test_pos)
+    measured = evaluate_operating_points(fitted, test, CLASSES, ci_level=0.9)
+    path = tmp_path / "analysis.json"
+    path.write_text(json.dumps({"ci_level": 0.9, "methods": {"operating_points": "exact"},
+                                "operating_points": measured}))
+    rates = read_test_rates(path, fitted)
+    decision = decide(fitted, np.array([0.1, 0.2, 0.7]), CLASSES, rates)["malignant_vs_rest"]
+    youden = measured["malignant_vs_rest"]["youden"]
+    assert decision["positive"] and decision["val_sensitivity"] == youden["val"]["sensitivity"]
+    quoted = decision["test_rates"]
+    assert quoted["sensitivity"] == youden["test"]["sensitivity"]
+    assert quoted["specificity"] == youden["test"]["specificity"]
+    assert quoted["sensitivity"]["ci_low"] < quoted["sensitivity"]["value"]
+    assert (quoted["ci_level"], quoted["source"]) == (0.9, str(path))
+    assert "optimistic" in decision["rates_note"]
+    assert decide(fitted, np.array([0.1, 0.2, 0.7]), CLASSES)["malignant_vs_rest"][
+        "test_rates"] is None
+    # another checkpoint's analysis (other thresholds) is refused, naming the file
+    refitted = fit(malignant_predictions(scores[::-1], positive))
+    with pytest.raises(OperatingPointsError, match="analysis.json: malignant_vs_rest was "
+                                                   "measured on test at threshold"):
+        read_test_rates(path, refitted)
+    path.write_text(json.dumps({"temperature": 1.0}))
+    with pytest.raises(OperatingPointsError, match="not the analyze stage's metrics file"):
+        read_test_rates(path, fitted)

@@ -214,10 +214,47 @@ def evaluate_operating_points(fitted: dict, test: Predictions, classes: list[str
     return out
 
 
-def decide(fitted: dict, probs: np.ndarray, classes: list[str]) -> dict:
+# What each quoted rate is, beside every served decision.
+RATES_NOTE = ("val_sensitivity/val_specificity: measured on the validation images the threshold "
+              "was chosen on (optimistic); test_rates: the held-out test split at the same "
+              "threshold, with intervals (analyze stage)")
+
+
+def read_test_rates(path: str | Path, fitted: dict) -> dict:
+    """{task: {sensitivity, specificity, ci_level, method, source}}: the test rates the analyze
+    stage measured (its metrics file, ``metrics/analysis.json``) at each task's decision point
+    of ``fitted`` (a checkpoint's operating points). Refused when the file measured another
+    threshold: its rates would belong to another model or calibration."""
+    try:
+        data = json.loads(Path(path).read_text())
+        measured, level = data["operating_points"], data["ci_level"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise OperatingPointsError(f"{path}: not the analyze stage's metrics file "
+                                   f"({type(exc).__name__}: {exc}); run `dvc repro analyze`") from exc
+    out = {}
+    for name, record in fitted.items():
+        if "skipped" in record:
+            continue
+        threshold = record[record["decision"]]["threshold"]
+        point = measured.get(name, {}).get(record["decision"], {})
+        if point.get("threshold") != threshold or "test" not in point:
+            raise OperatingPointsError(
+                f"{path}: {name} was measured on test at threshold {point.get('threshold')}, but "
+                f"the checkpoint decides at {threshold}: that file belongs to another checkpoint; "
+                "rerun analyze for this one (`dvc repro analyze`)")
+        out[name] = {"sensitivity": point["test"]["sensitivity"],
+                     "specificity": point["test"]["specificity"], "ci_level": level,
+                     "method": data.get("methods", {}).get("operating_points"),
+                     "source": str(path)}
+    return out
+
+
+def decide(fitted: dict, probs: np.ndarray, classes: list[str],
+           test_rates: dict | None = None) -> dict:
     """Per task, one image's decision at the shipped operating point: {positive, score,
-    threshold, operating_point, scale, val_sensitivity, val_specificity}; ``probs`` must be on
-    the fitted scale. A task without a threshold gets {positive: None, note}."""
+    threshold, operating_point, scale, val_sensitivity, val_specificity, test_rates,
+    rates_note}; ``test_rates`` from ``read_test_rates`` (None: not quoted). ``probs`` must be
+    on the fitted scale. A task without a threshold gets {positive: None, note}."""
     out = {}
     for name, record in fitted.items():
         if "skipped" in record:
@@ -231,5 +268,6 @@ def decide(fitted: dict, probs: np.ndarray, classes: list[str]) -> dict:
         score = float(task_from_record(record, classes).scores(probs))
         out[name] = {"positive": score >= point["threshold"], "score": score, **common,
                      "val_sensitivity": point["val"]["sensitivity"],
-                     "val_specificity": point["val"]["specificity"]}
+                     "val_specificity": point["val"]["specificity"],
+                     "test_rates": (test_rates or {}).get(name), "rates_note": RATES_NOTE}
     return out

@@ -33,13 +33,28 @@ function showBars(result) {
   bars.dataset.kind = result.calibrated_probs ? "calibrated" : "raw";
 }
 
+// A rate as "0.85 (95% interval 0.70-0.94, n 40)", or "n/a" where the test set cannot define it.
+function rate(r, level) {
+  if (!r || r.value === null) return "n/a";
+  return `${r.value.toFixed(2)} (${Math.round(100 * level)}% interval ${r.ci_low.toFixed(2)}-${r.ci_high.toFixed(2)}, n ${r.n})`;
+}
+
+// The held-out test rates at this threshold (analyze stage), or why none are quoted.
+function testRates(d) {
+  const t = d.test_rates;
+  return t
+    ? `Test set (held out, same threshold): sensitivity ${rate(t.sensitivity, t.ci_level)}, specificity ${rate(t.specificity, t.ci_level)}.`
+    : "No test-set rates loaded (serve --test-rates): only the optimistic validation rates are known.";
+}
+
 function showDecision(result) {
   const d = result.decisions && result.decisions.malignant_vs_rest;
   $("decision").textContent = d && d.positive !== null
-    ? `Malignant vs rest at the validation operating point (${d.operating_point}, ${d.scale} threshold ${d.threshold.toFixed(3)}; ` +
-      `validation sensitivity ${d.val_sensitivity.toFixed(2)}, specificity ${d.val_specificity.toFixed(2)}): ` +
-      `${d.positive ? "POSITIVE" : "negative"} (score ${d.score.toFixed(3)})`
+    ? `Malignant vs rest at the ${d.operating_point} operating point (${d.scale} threshold ${d.threshold.toFixed(3)}, chosen on validation): ` +
+      `${d.positive ? "POSITIVE" : "negative"} (score ${d.score.toFixed(3)}). ` +
+      `Validation (the images the threshold was chosen on, optimistic): sensitivity ${d.val_sensitivity.toFixed(2)}, specificity ${d.val_specificity.toFixed(2)}.`
     : "No operating point loaded.";
+  $("rates").textContent = d && d.positive !== null ? testRates(d) : "";
   const ood = result.ood;
   $("ood").hidden = !(ood && ood.flagged);
   $("ood").textContent = ood && ood.flagged
