@@ -24,7 +24,9 @@ from assurexray.training.models import (
     cam_target_layer,
     model_family,
     register_family,
+    weights_source,
 )
+from assurexray.training.weights import WeightsSource, sha256
 
 # The hand-tuned CAM layers of the CNN families; the registry must keep choosing exactly these
 # (the efficientnet one is the default run's, so its localization figures stay the same).
@@ -40,7 +42,7 @@ def batch():
 
 @pytest.mark.parametrize("backbone", HAND_TUNED)
 def test_registered_families_keep_their_cam_layer(backbone):
-    model = build_model(backbone, num_classes=3, pretrained=False)
+    model = build_model(backbone, num_classes=3)
     assert model.backbone_name == backbone
     assert cam_target_layer(model) is HAND_TUNED[backbone](model)
     assert cam_reshape_transform(model) is None
@@ -92,9 +94,9 @@ def test_pretrained_offline_names_both_options(monkeypatch):
 
     monkeypatch.setattr(timm.models._builder, "load_pretrained", offline)
     with pytest.raises(PretrainedWeightsError) as info:
-        build_model("resnet18", 3, pretrained=True)
+        build_model("resnet18", 3, init="hub")
     message = str(info.value)
-    assert "model.pretrained: false" in message and "model.weights_path" in message
+    assert "model.init: package" in message and "model.weights_path" in message
 
 
 def test_weights_path_keeps_backbone_and_resets_head(tmp_path, monkeypatch):
@@ -103,18 +105,21 @@ def test_weights_path_keeps_backbone_and_resets_head(tmp_path, monkeypatch):
     torch.save(source.state_dict(), path)
     monkeypatch.setattr(timm.models._builder, "load_pretrained",
                         lambda *a, **k: pytest.fail("weights_path must not hit the hub"))
-    model = build_model("resnet18", 3, pretrained=True, weights_path=path)
+    model = build_model("resnet18", 3, init="file", weights_path=path)
     assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     assert model.fc.weight.shape == (3, 512)
+    assert weights_source(model) == WeightsSource("file", file=str(path), sha256=sha256(path))
 
 
 def test_weights_path_errors(tmp_path):
     with pytest.raises(WeightsFileError, match="not found"):
-        build_model("resnet18", 3, weights_path=tmp_path / "missing.pth")
+        build_model("resnet18", 3, init="file", weights_path=tmp_path / "missing.pth")
+    with pytest.raises(WeightsFileError, match="needs model.weights_path"):
+        build_model("resnet18", 3, init="file")
     other = tmp_path / "effnet.pth"
     torch.save(timm.create_model("efficientnet_b0").state_dict(), other)
     with pytest.raises(WeightsFileError, match="does not fit"):
-        build_model("resnet18", 3, weights_path=other)
+        build_model("resnet18", 3, init="file", weights_path=other)
 
 
 META = CheckpointMeta(

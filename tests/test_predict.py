@@ -20,7 +20,8 @@ from assurexray.data.imageio import read_image_reduced
 from assurexray.data.schema import INDEX_COLUMNS, QUALITY_COLUMNS
 from assurexray.data.sources import read_manifest
 from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from assurexray.evaluation.operating_points import fit_operating_points
+from assurexray.evaluation.bootstrap import Predictions
+from assurexray.evaluation.operating_points import evaluate_operating_points, fit_operating_points
 from assurexray.inference.runner import predict_logits
 from assurexray.predict import collect_files
 from assurexray.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -32,7 +33,7 @@ CACHE_SIZE, IMAGE_SIZE = 64, 48
 
 def make_checkpoint(path: Path, **extra) -> Path:
     torch.manual_seed(0)
-    model = build_model("mobilenetv3_small_100", len(CLASSES), pretrained=False, dropout=0.0)
+    model = build_model("mobilenetv3_small_100", len(CLASSES), dropout=0.0)
     meta = CheckpointMeta(backbone="mobilenetv3_small_100", classes=CLASSES, image_size=IMAGE_SIZE,
                           cache_size=CACHE_SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
                           dropout=0.0, params={}, split="stratified", epoch=1,
@@ -205,6 +206,37 @@ def test_calibrated_checkpoint_decides_at_its_shipped_thresholds(images, tmp_pat
             assert decision["positive"] == (scores[task] >= youden["threshold"])
             assert decision["val_sensitivity"] == youden["val"]["sensitivity"]
             assert decision["val_specificity"] == youden["val"]["specificity"]
+
+
+def test_decisions_quote_the_test_rates_of_the_analyze_stage(images, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    val_probs = softmax(rng.normal(size=(60, 3)) + 2 * np.eye(3)[y], axis=1)
+    points = fit_operating_points(y, val_probs, CLASSES, 0.9, 0.9, "youden", "calibrated")
+    ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0, operating_points=points)
+    y_test = rng.integers(0, 3, 50)
+    test_probs = softmax(rng.normal(size=(50, 3)) + 2 * np.eye(3)[y_test], axis=1)
+    test = Predictions(np.arange(50).astype(str), y_test, test_probs.argmax(1), test_probs,
+                       np.arange(50) // 2)
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(json.dumps({"ci_level": 0.95, "operating_points": evaluate_operating_points(
+        points, test, CLASSES, 0.95)}))
+    code, records = predict(capsys, *images.values(), "--checkpoint", ckpt,
+                            "--test-rates", analysis)
+    assert code == 0
+    measured = json.loads(analysis.read_text())["operating_points"]
+    for record in records:
+        for task, decision in record["decisions"].items():
+            test_rates = measured[task]["youden"]["test"]
+            assert decision["test_rates"]["sensitivity"] == test_rates["sensitivity"]
+            assert decision["test_rates"]["specificity"] == test_rates["specificity"]
+            assert decision["test_rates"]["source"] == str(analysis)
+            assert decision["val_sensitivity"] == points[task]["youden"]["val"]["sensitivity"]
+    # the analysis of another checkpoint (other thresholds) is refused before any image
+    other = fit_operating_points(y, val_probs[::-1], CLASSES, 0.9, 0.9, "youden", "calibrated")
+    ckpt = make_checkpoint(tmp_path / "other.pt", temperature=2.0, operating_points=other)
+    assert main(["predict", str(images["wide.png"]), "--checkpoint", str(ckpt),
+                 "--test-rates", str(analysis)]) == 2
 
 
 def test_gradcam_needs_an_output_folder(images, checkpoint, capsys):

@@ -1,10 +1,7 @@
 """What makes a rerun give the same bytes: provenance outside the weights, runtime-only settings
 untracked by DVC, worker-independent augmentation, pinned dependencies, committed plots."""
 import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -212,28 +209,13 @@ def test_seed_spread_reads_committed_run_and_named_experiments(tmp_path):
         seed_spread.main([str(exps), "--names", "seed-1", "seed-2", "--out", str(tmp_path / "o.json")])
 
 
-# --- processor-independent training kernels -------------------------------------------------
+# --- threads -----------------------------------------------------------------------------
 
-PROBE = """
-import torch
-print("aten", torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
-torch.nn.functional.conv2d(torch.ones(2, 3, 16, 16), torch.ones(4, 3, 3, 3))  # oneDNN
-torch.nn.functional.linear(torch.ones(4, 8), torch.ones(2, 8))                # MKL
-"""
-
-
-def test_train_command_pins_cpu_kernels_and_threads_and_they_take_effect():
+def test_train_command_pins_no_kernels_or_threads():
+    """Pinning kernels did not make weights processor-independent (README, Reproducibility)
+    and cost every core but one; the thread count is the runtime key train.threads."""
     cmd = PIPELINE["stages"]["train"]["cmd"]
-    env = dict(re.findall(r"(\w+)=(\S+)", cmd.split(" python ", 1)[0]))
-    assert set(env) == {"ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS"}
-    # The verbose switches make oneDNN and MKL print the code path they actually took.
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          env={**os.environ, **env, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"})
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert f"aten {env['ATEN_CPU_CAPABILITY'].upper()} {env['OMP_NUM_THREADS']}" in out, out
-    assert f"isa:Intel {env['ONEDNN_MAX_CPU_ISA']}" in out, out
-    assert f"CNR:{env['MKL_CBWR']}" in out, out
+    assert cmd.startswith("python stages/train.py"), cmd
 
 
 # --- a fresh clone without ../shared ---------------------------------------------------------

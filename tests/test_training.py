@@ -1,6 +1,8 @@
 """Losses, transforms, datasets and the training loop (tiny CPU configurations)."""
 import json
 import logging
+import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -45,7 +47,7 @@ def split(rows) -> SplitData:
 
 
 TRAIN, VAL = range(0, 18), range(18, 30)
-PARAMS = Params(seed=3, model=ModelParams(backbone="resnet18"),
+PARAMS = Params(seed=3, model=ModelParams(backbone="resnet18", init="scratch"),
                 train=TrainParams(image_size=32, batch_size=8, epochs=2, warmup_epochs=1,
                                   num_workers=0))
 
@@ -197,6 +199,20 @@ def test_run_logs_metrics_and_is_reproducible(tiny_cache, tmp_path, reference):
     assert meta.best_val_macro_auc == max(r["val_macro_auc"] for r in saved["state"]["history"])
     again, _, _ = run(tiny_cache, tmp_path, "b")
     assert same_weights(model, again)
+
+
+def test_default_recipe_uses_every_core_and_reruns_bit_identical(tiny_cache, tmp_path, monkeypatch):
+    """The shipped init (packaged ImageNet weights) on all cores: same machine, same weights."""
+    params = replace(PARAMS, model=ModelParams())
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    seen: list[int] = []
+    first, meta = train_classifier(params, tiny_cache, CLASSES, split(TRAIN), split(VAL),
+                                   tmp_path / "a" / "last", tmp_path / "a" / "live")
+    again, _ = train_classifier(params, tiny_cache, CLASSES, split(TRAIN), split(VAL),
+                                tmp_path / "b" / "last", tmp_path / "b" / "live")
+    assert seen == [os.cpu_count(), os.cpu_count()]
+    assert same_weights(first, again)
+    assert meta.weights["init"] == "package" and meta.mean == [0.5, 0.5, 0.5]
 
 
 def test_resume_after_a_crash_continues_at_the_next_epoch(tiny_cache, tmp_path, reference,

@@ -81,8 +81,8 @@ class PreprocessParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: str = "efficientnet_b0"
-    pretrained: bool = False
+    backbone: str = "tf_efficientnet_lite0"
+    init: Literal["scratch", "package", "file", "hub"] = "package"
     weights_path: str | None = None
     dropout: float = 0.2
 
@@ -91,16 +91,17 @@ class ModelParams:
 class TrainParams:
     image_size: int = 128
     batch_size: int = 16
-    epochs: int = 15
+    epochs: int = 8
     lr: float = 0.002
     weight_decay: float = 0.01
     warmup_epochs: int = 1
-    patience: int = 6
+    patience: int = 3
     loss: Literal["weighted_ce", "ce", "focal"] = "weighted_ce"
     focal_gamma: float = 2.0
     clahe: bool = False
     deterministic: bool = True
     num_workers: int = 0
+    threads: int = 0            # runtime: CPU threads per process; 0 = every core (its share under DDP)
     seed: int | None = None  # training's own seed (init, batches, augmentation); null = top-level
     devices: int = 1            # > 1: DDP through torchrun, one process per device
     precision: Literal["fp16", "bf16", "fp32"] = "fp16"  # GPU autocast; CPU always fp32
@@ -149,8 +150,10 @@ class RobustnessParams:
 # ROAD draws its imputation noise per batch.
 # Keys (or whole sections) no stage tracks: they change how fast or where things run, not a
 # result. The serve section configures the service and tune the search, which no stage runs.
-RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "evaluate.batch_size",
-                "serve.max_batch", "serve.max_pixels",
+RUNTIME_KEYS = ("audit.workers", "preprocess.workers", "train.num_workers", "train.threads",
+                "evaluate.batch_size",
+                "serve.max_batch", "serve.max_pixels", "serve.max_decoded_mb", "serve.upload_slots",
+                "serve.decode_slots",
                 "serve.max_upload_mb", "serve.micro_batch", "serve.micro_batch_wait_ms",
                 "serve.queue_size", "serve.request_timeout_s", "inference", "tune")
 
@@ -171,9 +174,6 @@ class OodParams:
     images_per_set: int = 100         # generated out-of-distribution images per set
 
 
-@dataclass(frozen=True)
-class InferenceParams:
-    # What runs the forward pass of predict, the service, drift and the reference stage
 # A drift verdict spends serve.drift_alpha in two parts: this share on the embedding (MMD) test,
 # the rest split (Bonferroni) between the KS tests of the image statistics (inference/drift.py).
 DRIFT_EMBEDDING_SHARE = 0.5
@@ -190,6 +190,9 @@ def drift_permutations_needed(alpha: float) -> int:
     return math.floor((1 + DRIFT_MIN_EXCEEDANCES) / level) if level > 0 else 0
 
 
+@dataclass(frozen=True)
+class InferenceParams:
+    # What runs the forward pass of predict, the service, drift and the reference stage
     # (inference.engines.ENGINES); onnxruntime falls back to torch, saying why.
     engine: Literal["onnxruntime", "torch"] = "onnxruntime"
 
@@ -199,6 +202,9 @@ class ServeParams:
     max_batch: int = 16               # files per /batch_predict request
     max_upload_mb: float = 20.0
     max_pixels: int = 50_000_000      # decompression-bomb limit for uploads
+    max_decoded_mb: float = 64.0      # memory of one upload's decoded pixels (422 above)
+    upload_slots: int = 16            # uploads in memory at once, in /predict-size units (503 above)
+    decode_slots: int = 2             # images decoded at once
     drift_window: int = 100
     drift_alpha: float = 0.05
     drift_permutations: int = 1000    # embedding test; at least drift_permutations_needed(drift_alpha)
@@ -360,12 +366,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def check_ranges(p: Params) -> None:
     """Range and cross-key checks the types cannot express; ParamsError names the key."""
-    t, a = p.train, p.analysis
-    frac = p.split_options.fractions
-    rules = [
-        ("seed", p.seed >= 0, ">= 0"),
-        ("data.synthetic.n_images", p.data.synthetic.n_images >= 20, ">= 20"),
-        ("data.synthetic.min_side", 0 < p.data.synthetic.min_side <= p.data.synthetic.max_side,
     _check_rules(p)
     _check_tune_space(p)
 
@@ -379,19 +379,28 @@ def _check_rules(p: Params) -> None:
 def range_rules(p: Params) -> list[tuple[str, bool, str]]:
     """(key, holds, what it must be) for every numeric key; a cross-key rule names the other
     keys in its text (tests/test_params.py checks that every numeric key is covered)."""
+    t, a = p.train, p.analysis
+    frac = p.split_options.fractions
+    rules = [
+        ("seed", p.seed >= 0, ">= 0"),
+        ("data.synthetic.n_images", p.data.synthetic.n_images >= 20, ">= 20"),
+        ("data.synthetic.min_side", 0 < p.data.synthetic.min_side <= p.data.synthetic.max_side,
          "> 0 and <= data.synthetic.max_side"),
+        ("data.btxrd.size", p.data.btxrd.size > 0, "> 0 (bytes of the release archive)"),
         ("audit.near_duplicate_hamming", p.audit.near_duplicate_hamming >= 0, ">= 0"),
         ("audit.max_image_pixels", p.audit.max_image_pixels > 0, "> 0"),
         ("audit.workers", p.audit.workers >= 1, ">= 1"),
         ("split_options.fractions", len(frac) == 3 and min(frac) > 0 and abs(sum(frac) - 1) < 1e-6,
          "three positive numbers (train, val, test) summing to 1"),
         ("split_options.train_centers", len(p.split_options.train_centers) > 0, "not empty"),
-        ("data.btxrd.size", p.data.btxrd.size > 0, "> 0 (bytes of the release archive)"),
         ("split_options.center_val_fraction", 0 < p.split_options.center_val_fraction < 1,
          "in (0, 1)"),
         ("preprocess.cache_size", p.preprocess.cache_size >= 8, ">= 8"),
         ("preprocess.workers", p.preprocess.workers >= 1, ">= 1"),
         ("model.dropout", 0 <= p.model.dropout < 1, "in [0, 1)"),
+        ("model.weights_path", (p.model.init == "file") == (p.model.weights_path is not None),
+         "set (a local state dict) exactly when model.init is file"),
+        ("train.threads", t.threads >= 0, ">= 0 (0 = every core)"),
         ("train.image_size", 8 <= t.image_size <= p.preprocess.cache_size,
          ">= 8 and <= preprocess.cache_size (training reads the cache; raise both together)"),
         ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images per batch)"),
@@ -412,6 +421,8 @@ def range_rules(p: Params) -> list[tuple[str, bool, str]]:
         ("explain.road_percentiles", all(0 < q < 100 for q in p.explain.road_percentiles),
          "percentiles strictly between 0 and 100"),
         ("explain.road_images", p.explain.road_images >= 0, ">= 0 (0 = all)"),
+        ("explain.road_bootstrap", p.explain.road_bootstrap >= 1, ">= 1"),
+        ("explain.layer_images", p.explain.layer_images >= 0, ">= 0 (0 = all)"),
         ("explain.batch_size", p.explain.batch_size >= 1, ">= 1"),
         ("analysis.bootstrap_iterations", a.bootstrap_iterations >= 1, ">= 1"),
         ("analysis.ci_level", 0 < a.ci_level < 1, "in (0, 1), e.g. 0.95"),
@@ -421,8 +432,6 @@ def range_rules(p: Params) -> list[tuple[str, bool, str]]:
         ("analysis.age_bands", len(a.age_bands) >= 2
          and all(lo < hi for lo, hi in zip(a.age_bands, a.age_bands[1:])),
          "at least two strictly increasing ages"),
-        ("explain.road_bootstrap", p.explain.road_bootstrap >= 1, ">= 1"),
-        ("explain.layer_images", p.explain.layer_images >= 0, ">= 0 (0 = all)"),
         ("analysis.min_subgroup_size", a.min_subgroup_size >= 1, ">= 1"),
         ("robustness.severities", p.robustness.severities >= 1, ">= 1"),
     ]
@@ -444,6 +453,9 @@ def _monitoring_rules(p: Params) -> list[tuple[str, bool, str]]:
         ("serve.max_batch", s.max_batch >= 1, ">= 1"),
         ("serve.max_upload_mb", s.max_upload_mb > 0, "> 0"),
         ("serve.max_pixels", s.max_pixels > 0, "> 0"),
+        ("serve.max_decoded_mb", s.max_decoded_mb > 0, "> 0"),
+        ("serve.upload_slots", s.upload_slots >= 1, ">= 1"),
+        ("serve.decode_slots", s.decode_slots >= 1, ">= 1"),
         ("serve.drift_window", s.drift_window >= 2, ">= 2 (a drift test needs two inputs)"),
         ("serve.drift_alpha", 0 < s.drift_alpha < 1, "in (0, 1)"),
         ("serve.drift_permutations", s.drift_permutations >= needed,
@@ -509,15 +521,6 @@ def _check_tune_space(p: Params) -> None:
                 raise ParamsError(f"'tune.space.{key}' can draw {drawn!r}: {exc}") from exc
 
 
-def _value(params: Params, key: str):
-    for part in key.split("."):
-        params = getattr(params, part)
-    return params
-
-
-def to_dict(params) -> dict:
-    """Plain-dict view (for checkpoints and reports)."""
-    return dataclasses.asdict(params)
 def _with_value(p: Params, key: str, value) -> dict:
     """The params as a plain mapping with dotted ``key`` set to ``value``."""
     raw = to_dict(p)
@@ -529,3 +532,12 @@ def _with_value(p: Params, key: str, value) -> dict:
     return raw
 
 
+def _value(params: Params, key: str):
+    for part in key.split("."):
+        params = getattr(params, part)
+    return params
+
+
+def to_dict(params) -> dict:
+    """Plain-dict view (for checkpoints and reports)."""
+    return dataclasses.asdict(params)

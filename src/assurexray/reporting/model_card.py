@@ -14,7 +14,7 @@ TREE = {None: "", True: " (uncommitted changes present)", False: " (clean tree)"
 def model_details(meta: CheckpointMeta) -> dict:
     params = meta.params
     return {"backbone": meta.backbone, "dropout": meta.dropout,
-            "pretrained": (params.get("model") or {}).get("pretrained"),
+            "weights": weights_text(meta.weights),
             "classes": meta.classes, "cache_size": meta.cache_size,
             "image_size": meta.image_size,
             "mean": [round(v, 3) for v in meta.mean], "std": [round(v, 3) for v in meta.std],
@@ -23,6 +23,19 @@ def model_details(meta: CheckpointMeta) -> dict:
             "split": meta.split, "temperature": meta.temperature,
             "git_rev": meta.git_rev, "tree": TREE[meta.git_dirty],
             "created_at": meta.created_at, "version": __version__}
+
+
+def weights_text(source: dict | None) -> str:
+    """Where the initial weights came from, as the checkpoint records it."""
+    if not source:
+        return "not recorded"
+    if source["init"] == "package":
+        return (f"ImageNet weights from the package {source['package']} {source['version']} "
+                f"(`{source['file']}`, SHA-256 {source['sha256']})")
+    if source["init"] == "file":
+        return f"the local file `{source['file']}` (SHA-256 {source['sha256']})"
+    return {"scratch": "random (trained from scratch)",
+            "hub": "ImageNet weights downloaded by timm"}[source["init"]]
 
 
 def training_data_source(info: Source, dataset: str, licence: str) -> str:
@@ -60,22 +73,20 @@ SPREAD_FIGURES = (("test_macro_auc", "test macro AUC"), ("val_macro_auc", "valid
 
 def seed_spread(spread: Source, analysis: Source) -> str:
     """How far another training seed moves the headline figures, when it was measured for the
-    run the card describes (the spread's own copy of this run's test AUC must match)."""
+    run the card describes (``sections.run_spread``)."""
     howto = "`scripts/seed_spread.sh`"
-    if not spread.available or not analysis.available:
-        return f"not measured for this run ({howto})"
+    matching = sections.run_spread(spread, analysis)
+    if matching is None:
+        return (f"not measured for this run ({howto})" if not spread.available
+                else f"{spread.path} was measured on another run or is incomplete: rerun {howto}")
     try:
-        runs, figures = spread.data["runs"], spread.data["metrics"]
-        here, there = analysis.data["test"]["macro_auc"]["value"], runs[0]["metrics"]["test_macro_auc"]
-        if here is None or abs(here - there) > 1e-9:
-            return (f"{spread.path} was measured on another run (test macro AUC {num(there)} "
-                    f"there, {num(here)} here): rerun {howto}")
+        figures = matching["metrics"]
         ranges = "; ".join(f"{label} {num(figures[key]['min'])}-{num(figures[key]['max'])} "
                            f"(mean {num(figures[key]['mean'])})" for key, label in SPREAD_FIGURES)
-    except (LookupError, TypeError) as exc:  # MissingKey names the file
+    except (LookupError, TypeError) as exc:
         return f"{spread.path} is incomplete ({exc}): rerun {howto}"
-    seeds = ", ".join(str(r["train_seed"]) for r in runs)
-    return f"measured over {len(runs)} training seeds ({seeds}; {howto}): {ranges}"
+    seeds = ", ".join(str(r["train_seed"]) for r in matching["runs"])
+    return f"measured over {len(matching['runs'])} training seeds ({seeds}; {howto}): {ranges}"
 
 
 def context(inputs: Inputs) -> dict:
@@ -97,7 +108,8 @@ def context(inputs: Inputs) -> dict:
         "audit": guarded(lambda: audit_counts(i.audit.data), i.audit),
         "train_partitions": guarded(lambda: sections.partitions(i.split.data, ("train", "val")),
                                     i.split),
-        "headline": guarded(lambda: sections.headline(analysis.data), analysis),
+        "headline": guarded(lambda: sections.headline(
+            analysis.data, sections.run_spread(i.seed_spread, analysis)), analysis),
         "operating_points": guarded(lambda: sections.operating_points(analysis.data), analysis),
         "factors": guarded(lambda: factors(analysis.data), analysis),
         "calibration": guarded(lambda: sections.calibration_summary(i.calibration.data),

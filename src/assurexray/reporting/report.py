@@ -153,7 +153,8 @@ def context(inputs: Inputs, doc_dir: Path) -> dict:
         "split": guarded(lambda: split(i.split.data, i.params), i.split),
         "params_split": i.params.split,
         "training": guarded(lambda: training(i.train.data), i.train),
-        "headline": guarded(lambda: sections.headline(i.analysis.data), i.analysis),
+        "headline": guarded(lambda: sections.headline(
+            i.analysis.data, sections.run_spread(i.seed_spread, i.analysis)), i.analysis),
         "evaluation": guarded(lambda: evaluation(i.evaluate.data), i.evaluate),
         "calibration": guarded(lambda: calibration(i.calibration.data), i.calibration),
         "operating_points": guarded(lambda: sections.operating_points(i.analysis.data),

@@ -14,7 +14,7 @@ import yaml
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.applicability import applies
 from assurexray.params import Params
-from assurexray.reporting.inputs import Inputs, when_available
+from assurexray.reporting.inputs import Inputs, Source, when_available
 from assurexray.reporting.render import ci, defined, header, num, short
 
 OPERATING_POINTS = ("youden", "sensitivity_target", "specificity_target")
@@ -96,18 +96,42 @@ def partitions(split: dict, names: tuple[str, ...]) -> dict:
 
 # --------------------------------------------------------------------------- results
 
-def headline(analysis: dict) -> dict:
-    """Test metrics with grouped bootstrap intervals, overall and per class."""
+HEADLINE_BAND = {"macro_auc": "test_macro_auc", "accuracy": "test_accuracy",
+                 "balanced_accuracy": "test_balanced_accuracy"}
+
+
+def headline(analysis: dict, spread: dict | None = None) -> dict:
+    """Test metrics with grouped bootstrap intervals, overall and per class; with the seed
+    spread of this run (``run_spread``), each overall figure's mean and range over the seeds."""
     test = analysis["test"]
+    overall = []
+    for key, name in (("macro_auc", "macro AUC (one-vs-rest)"), ("accuracy", "accuracy"),
+                      ("balanced_accuracy", "balanced accuracy")):
+        row = [name, ci(test[key])]
+        if spread is not None:
+            band = spread["metrics"][HEADLINE_BAND[key]]
+            row.append(f"{num(band['mean'])} ({num(band['min'])}-{num(band['max'])})")
+        overall.append(row)
     return {"n_images": test["n_images"], "n_groups": test["n_groups"],
             "level": analysis["ci_level"], "method": analysis["method"],
             "iterations": analysis["iterations"], "seed": analysis["seed"],
-            "note": test.get("note"),
-            "overall": [[name, ci(test[key])] for key, name in
-                        (("macro_auc", "macro AUC (one-vs-rest)"), ("accuracy", "accuracy"),
-                         ("balanced_accuracy", "balanced accuracy"))],
+            "note": test.get("note"), "overall": overall,
+            "band_seeds": None if spread is None else len(spread["runs"]),
             "classes": [[c, ci(test["auc"][c]), ci(test["sensitivity"][c]),
                          ci(test["specificity"][c])] for c in test["auc"]]}
+
+
+def run_spread(spread: Source, analysis: Source) -> dict | None:
+    """seed_spread.json when it was measured on the run ``analysis`` describes (its copy of
+    this run's test macro AUC matches), else None."""
+    if not (spread.available and analysis.available):
+        return None
+    try:
+        here = analysis.data["test"]["macro_auc"]["value"]
+        there = spread.data["runs"][0]["metrics"]["test_macro_auc"]
+    except (LookupError, TypeError):
+        return None
+    return spread.data if here is not None and abs(here - there) <= 1e-9 else None
 
 
 def target_text(key: str, point: dict) -> str:

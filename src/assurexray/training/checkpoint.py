@@ -46,6 +46,8 @@ class CheckpointMeta:
     split: str
     epoch: int                   # the selected epoch, 0-based
     best_val_macro_auc: float | None     # None when undefined (a class absent from validation)
+    # Where the initial weights came from (training.weights.WeightsSource as plain data).
+    weights: dict | None = None
     temperature: float | None = None     # set by calibrate, fitted on validation logits
     # Set by calibrate: evaluation.operating_points.fit_operating_points on the calibrated
     # validation probabilities (plain data), the thresholds predict and the service decide at.
@@ -92,7 +94,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     stored = payload["meta"] if isinstance(payload["meta"], dict) else {}
     meta = meta_from_dict({**UNKNOWN_PROVENANCE, **stored, **read_provenance(path)}
                           if stored else payload["meta"], path)
-    model = build_model(meta.backbone, len(meta.classes), pretrained=False, dropout=meta.dropout)
+    model = build_model(meta.backbone, len(meta.classes), dropout=meta.dropout)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -38,6 +38,11 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def cores_per_process() -> int:
+    """This process's share of the CPU cores: all of them, or 1/world size under torchrun."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def relaunch(devices: int, script: str, argv: list[str]) -> int:
     """Run ``script argv`` as ``devices`` torchrun processes on this machine; their exit code."""
     env = dict(os.environ)

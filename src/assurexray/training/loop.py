@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from assurexray.console import progress
 from assurexray.data import datasets, transforms
 from assurexray.data.datasets import CachedDataset, seed_epoch
-from assurexray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from assurexray.data.transforms import eval_transform, train_transform
 from assurexray.evaluation import metrics
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.params import Params, TrainParams, to_dict
@@ -38,8 +38,9 @@ from assurexray.training import distributed, losses, models
 from assurexray.training.checkpoint import CheckpointMeta, atomic_save
 from assurexray.training.distributed import Dist
 from assurexray.training.losses import build_loss
-from assurexray.training.models import build_model, default_device
+from assurexray.training.models import build_model, default_device, weights_source
 from assurexray.training.resources import Stopwatch, write_resources
+from assurexray.training.weights import normalization
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +77,22 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     seed_everything(params.seed, tp.deterministic)
     ddp = distributed.start(default_device().type)
     device = distributed.process_device(ddp, default_device())
+    torch.set_num_threads(tp.threads or distributed.cores_per_process())
+    mean, std = normalization(mp.backbone)  # the statistics the initial weights expect
     train_set = CachedDataset(cache, train.image_ids, train.labels,
-                              train_transform(tp, tp.image_size, IMAGENET_MEAN, IMAGENET_STD))
+                              train_transform(tp, tp.image_size, mean, std))
     val_set = CachedDataset(cache, val.image_ids, val.labels,
-                            eval_transform(tp.image_size, IMAGENET_MEAN, IMAGENET_STD))
+                            eval_transform(tp.image_size, mean, std))
     train_loader = ddp.train_loader(train_set, tp.batch_size, tp.num_workers, params.seed)
     val_loader = ddp.eval_loader(val_set, tp.batch_size, tp.num_workers, params.seed)
-    model = build_model(mp.backbone, len(classes), mp.pretrained, mp.weights_path, mp.dropout)
+    model = build_model(mp.backbone, len(classes), mp.init, mp.weights_path, mp.dropout)
     counts = np.bincount(train.labels, minlength=len(classes))
     criterion = build_loss(tp.loss, counts.tolist(), tp.focal_gamma)
     cache_size = int(cache.images.shape[-1])
     fingerprint = run_fingerprint(params, classes, train, val, cache_size)
-    log.info("training %s on %d images (%s), validating on %d; device %s",
-             mp.backbone, len(train_set), dict(zip(classes, counts.tolist())), len(val_set), device)
+    log.info("training %s (init: %s) on %d images (%s), validating on %d; device %s, %d threads",
+             mp.backbone, mp.init, len(train_set), dict(zip(classes, counts.tolist())),
+             len(val_set), device, torch.get_num_threads())
     try:
         best_state, state = fit(model, criterion, train_loader, val_loader, tp, params.seed,
                                 device, Path(resume_dir) / RESUME_FILE, live_dir, fingerprint, ddp)
@@ -97,8 +101,8 @@ def train_classifier(params: Params, cache, classes: list[str], train: SplitData
     model.load_state_dict(best_state)
     meta = CheckpointMeta(
         backbone=mp.backbone, classes=list(classes), image_size=tp.image_size,
-        cache_size=cache_size, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-        dropout=mp.dropout, params=to_dict(params), split=params.split,
+        cache_size=cache_size, mean=mean, std=std, dropout=mp.dropout,
+        weights=weights_source(model).to_dict(), params=to_dict(params), split=params.split,
         epoch=state.best_epoch, best_val_macro_auc=state.history[state.best_epoch]["val_macro_auc"])
     return model.cpu().eval(), meta
 

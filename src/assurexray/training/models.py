@@ -22,12 +22,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from assurexray.errors import AssureXRayError
+from assurexray.training.weights import INITS, WeightsSource, package_state_dict, sha256
 
 log = logging.getLogger(__name__)
 
 
 class PretrainedWeightsError(AssureXRayError, RuntimeError):
-    """ImageNet weights were asked for but could not be fetched (offline, hub down)."""
+    """Hub weights were asked for but could not be fetched (offline, hub down)."""
 
 
 class WeightsFileError(AssureXRayError, ValueError):
@@ -47,34 +48,46 @@ def _timm(model: nn.Module) -> TimmModel:
     return cast(TimmModel, model)
 
 
-def build_model(backbone: str, num_classes: int, pretrained: bool = False,
+def build_model(backbone: str, num_classes: int, init: str = "scratch",
                 weights_path: str | Path | None = None, dropout: float = 0.2) -> nn.Module:
-    """A timm classifier taking (N, 3, H, W) and returning (N, num_classes) logits.
-
-    ``weights_path`` (a local state dict) takes precedence over ``pretrained`` (timm's hub
-    download), so an offline machine can still start from ImageNet weights.
-    """
+    """A timm classifier taking (N, 3, H, W) and returning (N, num_classes) logits, its initial
+    weights from ``init`` (see ``weights.INITS``); ``weights_source(model)`` says where from."""
     if not timm.is_model(backbone):
         raise ValueError(f"unknown backbone {backbone!r}: not a timm model name "
                          "(see timm.list_models())")
-    from_hub = pretrained and weights_path is None
+    if init not in INITS:
+        raise ValueError(f"model.init: {init!r} is not one of {', '.join(INITS)}")
     try:
-        model = timm.create_model(backbone, pretrained=from_hub, num_classes=num_classes,
+        model = timm.create_model(backbone, pretrained=init == "hub", num_classes=num_classes,
                                   drop_rate=dropout, in_chans=3)
     except (OSError, RuntimeError) as exc:
-        if not from_hub:
+        if init != "hub":
             raise
         raise PretrainedWeightsError(
-            f"could not fetch pretrained weights for {backbone!r} ({exc}). Either set "
-            "model.pretrained: false to train from scratch, or download the weights on a "
-            "machine with network access and set model.weights_path to the local file") from exc
-    if not (from_hub and _timm(model).pretrained_cfg.get("num_classes") == num_classes):
+            f"could not fetch pretrained weights for {backbone!r} ({exc}). Use model.init: "
+            "package (weights shipped by a package, see training/weights.py), or download them "
+            "on a machine with network and set model.init: file with model.weights_path") from exc
+    source = WeightsSource(init)
+    head_loaded = init == "hub" and _timm(model).pretrained_cfg.get("num_classes") == num_classes
+    if init == "package":
+        state, source = package_state_dict(backbone, model)
+        head_loaded = _load_backbone(model, state, f"package {source.package}")
+    elif init == "file":
+        if weights_path is None:
+            raise WeightsFileError("model.init: file needs model.weights_path")
+        head_loaded = load_weights(model, weights_path)
+        source = WeightsSource("file", file=str(weights_path), sha256=sha256(Path(weights_path)))
+    if not head_loaded:
         init_head(model)
-    if weights_path is not None:
-        load_weights(model, weights_path)
     # nn.Module.__setattr__ is typed for tensors and modules only, yet stores any attribute.
     model.backbone_name = backbone  # type: ignore[assignment]
+    model.weights_source = source  # type: ignore[assignment]
     return model
+
+
+def weights_source(model: nn.Module) -> WeightsSource:
+    """Where ``build_model`` took the initial weights of ``model`` from."""
+    return cast(WeightsSource, model.weights_source)
 
 
 def init_head(model: nn.Module) -> None:
@@ -90,9 +103,10 @@ def init_head(model: nn.Module) -> None:
     nn.init.zeros_(head.get_parameter("bias"))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict: strict on the backbone, the classifier head kept fresh when
-    its shape differs (ImageNet's 1000 classes vs ours)."""
+def load_weights(model: nn.Module, path: str | Path) -> bool:
+    """Load a local state dict (or one of our checkpoints): strict on the backbone, the
+    classifier head kept fresh when its shape differs (ImageNet's 1000 classes vs ours).
+    True when the head was loaded too."""
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(f"{path}: weights file not found (model.weights_path)")
@@ -102,6 +116,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise WeightsFileError(f"{path}: not a loadable state dict ({exc})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # one of our checkpoints: start from its weights
+    return _load_backbone(model, state, str(path))
+
+
+def _load_backbone(model: nn.Module, state: dict, origin: str) -> bool:
+    """Load ``state`` strictly on the backbone; a classifier head of another shape is dropped.
+    True when the head was loaded too."""
     own = model.state_dict()
     head = _timm(model).pretrained_cfg["classifier"] + "."
     reset = [k for k in state if k.startswith(head) and k in own and state[k].shape != own[k].shape]
@@ -109,13 +129,15 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch inside the backbone
-        raise WeightsFileError(f"{path}: does not fit backbone: {exc}") from exc
+        raise WeightsFileError(f"{origin}: does not fit backbone: {exc}") from exc
     bad_missing = [k for k in missing if not k.startswith(head)]
     if bad_missing or unexpected:
-        raise WeightsFileError(f"{path}: does not fit the backbone; missing keys "
+        raise WeightsFileError(f"{origin}: does not fit the backbone; missing keys "
                                f"{bad_missing[:5]}, unexpected keys {unexpected[:5]}")
     if reset or missing:
-        log.info("%s: classifier head '%s' kept freshly initialised", path, head[:-1])
+        log.info("%s: classifier head '%s' kept freshly initialised", origin, head[:-1])
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- CAM families
