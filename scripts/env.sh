@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
+# One Python version everywhere (pyproject.toml, requirements.lock, CI, mypy): 3.11.
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: AssureXRay needs Python 3.11 (found $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 2
+fi
 if [ ! -x .venv/bin/python ]; then
   echo ">> creating virtual environment .venv"
   "$PY" -m venv .venv
