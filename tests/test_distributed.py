@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from assurexray.data.datasets import read_split
 from assurexray.evaluation.metrics import classification_metrics
 from assurexray.inference.runner import load_for_inference, predict_images
-from assurexray.params import Params, ParamsError, TrainParams, check_ranges
+from assurexray.param_checks import check_ranges
+from assurexray.params import Params, ParamsError, TrainParams
 from assurexray.training import distributed
 from assurexray.training.distributed import Dist
 from assurexray.training.loop import Loop, warmup_cosine

@@ -10,15 +10,14 @@ import yaml
 
 from assurexray.data.sources import SOURCES
 from assurexray.explain.cam import METHODS
+from assurexray.param_checks import drift_permutations_needed, range_rules
 from assurexray.params import (
     DataParams,
     ExplainParams,
     Params,
     ParamsError,
     TrainParams,
-    drift_permutations_needed,
     load_params,
-    range_rules,
     to_dict,
 )
 from assurexray.training.losses import LOSSES
@@ -206,7 +205,7 @@ def numeric_keys(cls, prefix: str = "") -> set[str]:
 
 
 def test_every_numeric_key_has_a_range_rule():
-    """A new numeric key needs a rule in params.range_rules (its own, or named by a cross-key
+    """A new numeric key needs a rule in param_checks.range_rules (its own, or named by a cross-key
     rule); tune.space is checked by SearchDim and against the tuned keys' own rules."""
     rules = range_rules(Params())
     covered = {key for key, _, _ in rules} | {

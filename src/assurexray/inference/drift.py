@@ -24,7 +24,7 @@ from scipy.stats import ks_2samp
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.inference.features import FEATURES
 from assurexray.inference.reference import Reference
-from assurexray.params import DRIFT_EMBEDDING_SHARE
+from assurexray.param_checks import DRIFT_EMBEDDING_SHARE
 
 PSI_BINS = 10
 PSI_BANDS = ((0.1, "stable"), (0.25, "moderate"), (np.inf, "shifted"))
