@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assurexray.anomaly import gallery
+from assurexray.anomaly import map_gallery
 from assurexray.anomaly.checkpoint import NotTrained, check_cache_size, load_autoencoder
 from assurexray.anomaly.data import input_tensors
 from assurexray.anomaly.evaluation import evaluate_scores, localization, score_table
@@ -78,8 +78,8 @@ def main() -> None:
     write_json(args.out / "evaluation.json", metrics)
 
     lesions, _ = model_frame_annotations(cache, test["image_id"].tolist(), size)
-    cases = gallery.select_cases(test, normal, primary, params.anomaly.gallery)
-    gallery.write_gallery(args.plots, test, cases, inputs["test"][:, 0].numpy(),
+    cases = map_gallery.select_cases(test, normal, primary, params.anomaly.gallery)
+    map_gallery.write_gallery(args.plots, test, cases, inputs["test"][:, 0].numpy(),
                           res.reconstructions, res.maps, lesions, args.arch, primary)
     auc, loc = metrics["auc"][primary], metrics["localization"]["overall"]
     log.info("%s: test AUC (%s) %.3f (%.3f-%.3f); pointing game %s (chance %s); lesion copy %.2f",

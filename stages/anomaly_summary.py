@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from assurexray.anomaly.compare import classifier_scores, comparison, comparison_context, curves
+from assurexray.anomaly.classifier_comparison import classifier_scores, comparison, comparison_context, curves
 from assurexray.anomaly.data import normal_index
 from assurexray.console import run_main
 from assurexray.data.schema import DatasetInfo

@@ -12,7 +12,7 @@ from assurexray.data.schema import DatasetInfo
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.predictions import SplitPredictions, read_predictions, write_json
-from assurexray.explain import cam, gallery, layer_selection, localization
+from assurexray.explain import cam, cam_gallery, layer_selection, localization
 from assurexray.inference.runner import load_for_inference
 from assurexray.params import load_params
 from assurexray.reporting.render import header, render
@@ -56,8 +56,8 @@ def main() -> None:
             f"none of the {len(preds.image_ids)} test images has a usable lesion annotation "
             "(box) to score the maps against")
 
-    cases = gallery.select_cases(preds, ex.per_class)
-    gallery.write_gallery(model, cache, transform, cases, meta.classes, args.gallery,
+    cases = cam_gallery.select_cases(preds, ex.per_class)
+    cam_gallery.write_gallery(model, cache, transform, cases, meta.classes, args.gallery,
                           ex.method, ex.batch_size, layer)
     metrics = {"method": ex.method, "cam_threshold": ex.cam_threshold,
                "layer_selection": choice,
@@ -68,7 +68,7 @@ def main() -> None:
     write_json(args.metrics, metrics)
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(render(
-        "gradcam_summary.md.j2", **gallery.summary_context(metrics, cases, args.gallery, args.summary),
+        "gradcam_summary.md.j2", **cam_gallery.summary_context(metrics, cases, args.gallery, args.summary),
         header=header("Grad-CAM summary", "the explain stage (`stages/explain.py`, `dvc repro explain`)",
                       "`metrics/explain.json`", DatasetInfo.load(args.info).source)))
 

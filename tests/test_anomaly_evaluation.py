@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from assurexray.anomaly.compare import CLASSIFIER, comparison, comparison_context, curves
+from assurexray.anomaly.classifier_comparison import CLASSIFIER, comparison, comparison_context, curves
 from assurexray.anomaly.evaluation import evaluate_scores
 from assurexray.params import AnalysisParams
 from assurexray.reporting.render import header, render

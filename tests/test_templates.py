@@ -1,11 +1,11 @@
 """The document templates: every document renders from a small context, a missing value
 fails the render (StrictUndefined), all share one header, every external figure is cited."""
 import re
+import tomllib
 from pathlib import Path
 
 import jinja2
 import pytest
-import tomllib
 import yaml
 
 from assurexray import NOT_FOR_CLINICAL_USE

@@ -12,7 +12,8 @@ from assurexray.errors import AssureXRayError
 # subcommand -> module exposing add_arguments(parser) and run(args) -> exit code
 SUBCOMMANDS = {
     "predict": ("assurexray.predict", "classify radiographs with a trained checkpoint"),
-    "compare": ("assurexray.reporting.compare", "compare the stratified and center-holdout experiments"),
+    "compare": ("assurexray.reporting.split_comparison",
+                "compare the stratified and center-holdout experiments"),
     "serve": ("assurexray.serve.command", "serve a trained model over HTTP (API and web viewer)"),
     "drift": ("assurexray.serve.drift_command", "drift report of a folder or CSV of images"),
     "tune": ("assurexray.tune", "hyperparameter search, one DVC experiment per Optuna trial"),

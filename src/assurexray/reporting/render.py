@@ -3,7 +3,7 @@ the shared header and the one table macro (templates/_macros.md.j2).
 
 Templates use StrictUndefined: a value the context lacks stops the render with its name
 instead of printing blank. Context builders (``reporting/*.py``, ``data/audit.py``,
-``explain/gallery.py``) hand over plain values; numbers become text only through the filters
+``explain/cam_gallery.py``) hand over plain values; numbers become text only through the filters
 below, in the templates or in the table rows the builders assemble.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assurexray.anomaly.compare import comparison_context
+from assurexray.anomaly.classifier_comparison import comparison_context
 from assurexray.evaluation.applicability import applies
 from assurexray.params import Params
 from assurexray.reporting import sections

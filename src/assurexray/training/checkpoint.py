@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass  # not a git checkout (e.g. an exported tree): provenance stays 'unknown'
     return {"git_rev": rev, "git_dirty": dirty,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads()}
 
