@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from assurexray.checked_dataclasses import from_dict
 from assurexray.data.cache import ImageCache
 from assurexray.data.datasets import read_split
 from assurexray.data.schema import DatasetInfo
 from assurexray.params import Params, load_params, to_dict
 from assurexray.training.loop import SplitData, train_classifier
-from assurexray.typed_dicts import from_dict
 
 
 def with_overrides(params: Params, overrides: list[str]) -> Params:

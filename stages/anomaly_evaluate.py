@@ -20,8 +20,8 @@ from assurexray.data.datasets import read_split
 from assurexray.data.schema import read_index
 from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.bootstrap import read_groups
-from assurexray.evaluation.predictions import write_json
 from assurexray.explain.localization import model_frame_annotations
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 from assurexray.training.models import default_device
 

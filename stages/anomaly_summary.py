@@ -1,5 +1,6 @@
-"""Anomaly summary stage: both autoencoders beside the classifier in metrics/anomaly.json, the
-ROC/PR plot data and the comparison section (docs/anomaly_comparison.md)."""
+"""Anomaly summary stage: the autoencoders and feature detectors beside the classifier in
+metrics/anomaly.json, the ROC/PR plot data and the comparison section
+(docs/anomaly_comparison.md)."""
 import argparse
 import json
 import logging
@@ -13,7 +14,8 @@ from assurexray.console import run_main
 from assurexray.data.schema import DatasetInfo
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.applicability import applies, not_applicable
-from assurexray.evaluation.predictions import read_predictions, write_json
+from assurexray.evaluation.predictions import read_predictions
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 from assurexray.reporting.render import header, render
 
@@ -29,10 +31,12 @@ def main() -> None:
 
     params = load_params(args.params)
     evaluations, tables = {}, {}
-    for arch in params.anomaly.archs:
+    stage_of = {**dict.fromkeys(params.anomaly.archs, "anomaly_evaluate"),
+                **dict.fromkeys(params.anomaly.detectors, "anomaly_detect")}
+    for arch, stage in stage_of.items():
         folder = args.anomaly_dir / arch
         if not (folder / "evaluation.json").exists():
-            raise AssureXRayError(f"{folder}: no evaluation.json; run anomaly_evaluate@{arch}")
+            raise AssureXRayError(f"{folder}: no evaluation.json; run {stage}@{arch}")
         evaluations[arch] = json.loads((folder / "evaluation.json").read_text())
         if not applies(evaluations[arch]):
             continue

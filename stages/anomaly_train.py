@@ -12,7 +12,7 @@ from assurexray.data.cache import ImageCache
 from assurexray.data.datasets import read_split
 from assurexray.data.schema import DatasetInfo
 from assurexray.evaluation.applicability import not_applicable
-from assurexray.evaluation.predictions import write_json
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 from assurexray.training.loop import SplitData
 

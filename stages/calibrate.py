@@ -9,7 +9,8 @@ from pathlib import Path
 from assurexray.console import run_main
 from assurexray.evaluation.calibration import plot_reliability, reliability_rows, temperature_scaling_report
 from assurexray.evaluation.operating_points import fit_operating_points
-from assurexray.evaluation.predictions import read_predictions, write_json
+from assurexray.evaluation.predictions import read_predictions
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 from assurexray.training.checkpoint import load_checkpoint, save_checkpoint
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from assurexray.console import run_main
 from assurexray.data.datasets import read_split
 from assurexray.evaluation.curves import evaluation_metrics, write_plots
-from assurexray.evaluation.predictions import write_json
 from assurexray.inference.runner import load_for_inference, predict_images
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 
 log = logging.getLogger("evaluate")

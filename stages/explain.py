@@ -11,9 +11,10 @@ from assurexray.data.datasets import CachedDataset
 from assurexray.data.schema import DatasetInfo
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.applicability import not_applicable
-from assurexray.evaluation.predictions import SplitPredictions, read_predictions, write_json
+from assurexray.evaluation.predictions import SplitPredictions, read_predictions
 from assurexray.explain import cam, cam_gallery, layer_selection, localization
 from assurexray.inference.runner import load_for_inference
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 from assurexray.reporting.render import header, render
 from assurexray.training.models import cam_candidate_layers

@@ -18,12 +18,12 @@ import onnxruntime
 from assurexray.console import run_main
 from assurexray.data.datasets import read_split
 from assurexray.errors import AssureXRayError
-from assurexray.evaluation.predictions import write_json
 from assurexray.inference.export import OPSET, export_onnx, parity_report
 from assurexray.inference.onnx_engine import OnnxEngine
 from assurexray.inference.reference import file_sha256
 from assurexray.inference.runner import load_for_inference
 from assurexray.inference.torch_engine import TorchEngine
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 
 log = logging.getLogger("export")

@@ -18,7 +18,6 @@ from assurexray.data.datasets import read_split
 from assurexray.data.imageio import read_image
 from assurexray.data.ood_sets import FAR_SETS, NEAR_SETS, generate_sets
 from assurexray.data.schema import read_index
-from assurexray.evaluation.predictions import write_json
 from assurexray.inference.classifier import Classifier
 from assurexray.inference.monitoring import (
     build_reference,
@@ -28,6 +27,7 @@ from assurexray.inference.monitoring import (
     summarize,
 )
 from assurexray.inference.reference import save_reference
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 
 log = logging.getLogger("reference")

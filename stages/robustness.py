@@ -5,9 +5,9 @@ from pathlib import Path
 
 from assurexray.console import run_main
 from assurexray.data.datasets import read_split
-from assurexray.evaluation.predictions import write_json
 from assurexray.inference.robustness import drop_rows, evaluate_robustness, plot_robustness
 from assurexray.inference.runner import load_for_inference
+from assurexray.jsonio import write_json
 from assurexray.params import load_params
 
 log = logging.getLogger("robustness")

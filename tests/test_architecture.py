@@ -7,7 +7,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "assurexray"
 # Lowest first. A module may import the base, its own wing and the wings listed before it.
 # (The evaluation wing is pure numerics on predictions and needs no model; training reads it.)
-BASE = {"__init__", "errors", "console", "typed_dicts", "params", "param_checks"}
+BASE = {"__init__", "errors", "console", "checked_dataclasses", "jsonio", "params", "param_checks"}
 WINGS = ["data", "evaluation", "training", "inference", "explain", "anomaly", "reporting", "serve"]
 TOP = {"predict", "cli", "tune"}
 MAX_LINES = 420

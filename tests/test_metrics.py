@@ -14,12 +14,12 @@ from assurexray.evaluation.metrics import (
     binary_rates,
     classification_metrics,
     confusion_matrix,
-    json_safe,
     ovr_auc,
     per_class_metrics,
 )
 from assurexray.evaluation.predictions import SplitPredictions, read_predictions
 from assurexray.inference.runner import check_cache_size, predict_logits
+from assurexray.jsonio import json_safe
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 

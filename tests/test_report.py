@@ -17,12 +17,12 @@ from assurexray.evaluation.applicability import not_applicable
 from assurexray.evaluation.bootstrap import METHOD, Predictions, bootstrap_metrics
 from assurexray.evaluation.calibration import temperature_scaling_report
 from assurexray.evaluation.curves import evaluation_metrics
-from assurexray.evaluation.metrics import json_safe
 from assurexray.evaluation.operating_points import evaluate_operating_points, fit_operating_points
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.evaluation.subgroups import subgroup_table, summarize_subgroups
 from assurexray.explain.cam import road_summary
 from assurexray.explain.localization import grouped_summary, score_cam
+from assurexray.jsonio import json_safe
 from assurexray.params import Params, to_dict
 from assurexray.reporting.inputs import load_inputs
 from assurexray.reporting.model_card import render_model_card

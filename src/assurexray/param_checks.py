@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
+from assurexray.checked_dataclasses import ParamsError, from_dict
 from assurexray.params import RUNTIME_KEYS, AnomalyParams, Params, to_dict
-from assurexray.typed_dicts import ParamsError, from_dict
 
 # A drift verdict spends serve.drift_alpha in two parts: this share on the embedding (MMD) test,
 # the rest split (Bonferroni) between the KS tests of the image statistics (inference/drift.py).
@@ -169,7 +169,34 @@ def _anomaly_rules(an: AnomalyParams) -> list[tuple[str, bool, str]]:
             (f"anomaly.{arch}.latent", net.latent >= 0, ">= 0 (0 = convolutional bottleneck)"),
             (f"anomaly.{arch}.noise_std", net.noise_std >= 0, ">= 0 (0 = off)"),
         ]
-    return rules
+    return rules + _feature_detector_rules(an)
+
+
+def _feature_detector_rules(an: AnomalyParams) -> list[tuple[str, bool, str]]:
+    ft, pc, pd = an.features, an.patchcore, an.padim
+    return [
+        ("anomaly.detectors", len(set(an.detectors)) == len(an.detectors), "no repeats"),
+        ("anomaly.features.image_sizes", bool(ft.image_sizes) and all(
+            32 <= s <= 1024 for s in ft.image_sizes), "one or more sizes in [32, 1024]"),
+        ("anomaly.features.layer_sets", bool(ft.layer_sets) and all(
+            layers and all(0 <= lv <= 4 for lv in layers) for layers in ft.layer_sets),
+         "one or more non-empty lists of feature levels in 0..4"),
+        ("anomaly.features.aggregations", bool(ft.aggregations), "one or more of max, topk"),
+        ("anomaly.features.topk_percent", 0 < ft.topk_percent <= 100, "in (0, 100]"),
+        ("anomaly.features.batch_size", ft.batch_size >= 1, ">= 1"),
+        ("anomaly.features.weights_path", ft.init != "file" or bool(ft.weights_path),
+         "a file path when anomaly.features.init is file"),
+        ("anomaly.patchcore.coreset_ratios", bool(pc.coreset_ratios) and all(
+            0 < r <= 1 for r in pc.coreset_ratios), "one or more ratios in (0, 1]"),
+        ("anomaly.patchcore.neighbours", bool(pc.neighbours) and all(
+            k >= 1 for k in pc.neighbours), "one or more k >= 1"),
+        ("anomaly.patchcore.coreset_pool", pc.coreset_pool >= 1, ">= 1"),
+        ("anomaly.patchcore.projection_dim", pc.projection_dim >= 1, ">= 1"),
+        ("anomaly.patchcore.max_bank_mb", pc.max_bank_mb > 0, "> 0"),
+        ("anomaly.padim.dims", pd.dims >= 1, ">= 1"),
+        ("anomaly.padim.covariance_eps", pd.covariance_eps > 0,
+         "> 0 (a few hundred images need a regularised covariance)"),
+    ]
 
 
 def _check_tune_space(p: Params) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from assurexray.typed_dicts import ParamsError, from_dict
+from assurexray.checked_dataclasses import ParamsError, from_dict
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,41 @@ class AnomalyScoreParams:
 
 
 @dataclass(frozen=True)
+class AnomalyFeatureParams:
+    """Pretrained-feature detectors: the frozen backbone and the grid chosen on validation."""
+    backbone: str = "tf_efficientnet_lite0"
+    init: Literal["scratch", "package", "file", "hub"] = "package"
+    weights_path: str | None = None
+    image_sizes: list[int] = field(default_factory=lambda: [128, 256])
+    layer_sets: list[list[int]] = field(default_factory=lambda: [[2], [2, 3]])  # feature_info levels
+    aggregations: list[Literal["max", "topk"]] = field(default_factory=lambda: ["max", "topk"])
+    topk_percent: float = 1.0    # topk image score: mean of the top k% patch scores
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class PatchCoreParams:
+    coreset_ratios: list[float] = field(default_factory=lambda: [0.01])  # of the train patches
+    neighbours: list[int] = field(default_factory=lambda: [1, 3])        # k of the k-NN distance
+    coreset_pool: int = 30000    # greedy selection runs on a random pool of this many patches
+    projection_dim: int = 32     # random projection for the greedy selection's distances
+    max_bank_mb: float = 50.0    # candidates whose memory bank exceeds this are not fitted
+
+
+@dataclass(frozen=True)
+class PaDiMParams:
+    dims: int = 64               # random channel subset per patch
+    covariance_eps: float = 0.01  # added to the covariance's diagonal
+
+
+@dataclass(frozen=True)
 class AnomalyParams:
     archs: list[Literal["unet", "reversed"]] = field(default_factory=lambda: ["unet", "reversed"])
+    detectors: list[Literal["patchcore", "padim"]] = field(
+        default_factory=lambda: ["patchcore", "padim"])
+    features: AnomalyFeatureParams = field(default_factory=AnomalyFeatureParams)
+    patchcore: PatchCoreParams = field(default_factory=PatchCoreParams)
+    padim: PaDiMParams = field(default_factory=PaDiMParams)
     image_size: int = 64
     train: AnomalyTrainParams = field(default_factory=AnomalyTrainParams)
     unet: UNetAEParams = field(default_factory=UNetAEParams)

@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from assurexray.evaluation.metrics import classification_metrics
-from assurexray.evaluation.predictions import SplitPredictions, write_json
+from assurexray.evaluation.predictions import SplitPredictions
+from assurexray.jsonio import write_json
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The helpers work along the last axis, so a bootstrap can pass (B, N) resampled arrays and get
 B values in one call. Undefined values (a class absent from y_true, no predicted positives)
-are NaN, never a silent 0; ``json_safe`` turns them into JSON null.
+are NaN, never a silent 0; ``jsonio.json_safe`` turns them into JSON null.
 """
 from __future__ import annotations
 
@@ -156,18 +156,3 @@ def classification_metrics(y_true, probs, classes) -> dict:
 def _nanmean(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=float)
     return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-
-
-def json_safe(obj):
-    """Recursively convert numpy scalars to Python and NaN/inf to None, for strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -5,15 +5,12 @@ importing the model code.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.special import softmax
-
-from assurexray.evaluation.metrics import json_safe
 
 
 @dataclass(frozen=True)
@@ -65,10 +62,3 @@ def read_predictions(path: str | Path) -> SplitPredictions:
     lookup = {c: i for i, c in enumerate(classes)}
     return SplitPredictions(df["image_id"].to_numpy(), classes,
                             df["true"].map(lookup).to_numpy(int), logits)
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Strict JSON (NaN -> null), creating the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")

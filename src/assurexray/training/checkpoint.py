@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from assurexray.checked_dataclasses import ParamsError, from_dict
 from assurexray.errors import AssureXRayError
 from assurexray.training.models import build_model
-from assurexray.typed_dicts import ParamsError, from_dict
 
 
 class CheckpointError(AssureXRayError, ValueError):
