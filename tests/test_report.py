@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.special import softmax
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.data.splits import split_metrics
 from assurexray.evaluation.applicability import not_applicable
-from assurexray.evaluation.bootstrap import METHOD, Predictions, bootstrap_metrics
-from assurexray.evaluation.calibration import temperature_scaling_report
+from assurexray.evaluation.bootstrap import METHOD, GroupedResampling, Predictions, bootstrap_metrics
+from assurexray.evaluation.calibration import ece_before_after, temperature_scaling_report
 from assurexray.evaluation.curves import evaluation_metrics
 from assurexray.evaluation.operating_points import evaluate_operating_points, fit_operating_points
 from assurexray.evaluation.predictions import SplitPredictions
@@ -26,7 +27,7 @@ from assurexray.jsonio import json_safe
 from assurexray.params import Params, to_dict
 from assurexray.reporting.inputs import load_inputs
 from assurexray.reporting.model_card import render_model_card
-from assurexray.reporting.render import SYNTHETIC_BANNER, ci
+from assurexray.reporting.render import SYNTHETIC_BANNER, ci, num
 from assurexray.reporting.report import render_report
 from assurexray.training.checkpoint import CheckpointMeta, save_checkpoint
 from assurexray.training.models import build_model
@@ -117,7 +118,8 @@ SPREAD_FIGURES = ("test_macro_auc", "val_macro_auc", "test_accuracy", "test_mali
 SEED_SPREAD = {"runs": [{"name": "committed", "train_seed": 42,
                          "metrics": {"test_macro_auc": ANALYSIS["test"]["macro_auc"]["value"]}},
                         {"name": "seed-1", "train_seed": 1, "metrics": {}}],
-               "metrics": {f: {"mean": 0.8, "min": 0.75, "max": 0.85} for f in SPREAD_FIGURES}}
+               "metrics": {f: {"mean": 0.8, "min": 0.75, "max": 0.85}
+                           for f in (*SPREAD_FIGURES, "test_balanced_accuracy")}}
 METRICS = {
     "audit.json": {
         "source": "synthetic", "images_in": 1203, "usable": 1199, "excluded": 4,
@@ -344,30 +346,36 @@ def test_producer_layouts_render_completely(project):
     factors = pd.DataFrame({"center": np.where(y == 0, "1", "2"), "view": "frontal",
                             "region": "upper limb", "age_band": "18-39", "sex": "F"})
     table = subgroup_table(preds, factors, CLASSES, [0, 18, 40], 50, 0.95, 0, 20)
+    cal = temperature_scaling_report(logits, y, logits, y, 10)
     analysis = {"method": METHOD, "iterations": 50, "ci_level": 0.95, "seed": 0,
                 "test": {"n_images": n, "n_groups": 45, "note": None,
                          **bootstrap_metrics(preds, CLASSES, 50, 0.95, 0)},
                 "operating_points": evaluate_operating_points(fit_operating_points(
                     preds.y_true, preds.probs, CLASSES, 0.9, 0.9, "youden", "calibrated"),
                     preds, CLASSES, 0.95),
-                "subgroups": summarize_subgroups(table, 20)}
+                "subgroups": summarize_subgroups(table, 20),
+                "calibration": ece_before_after(
+                    probs, softmax(logits / cal["temperature"], axis=1), y, 10, cal["temperature"],
+                    GroupedResampling(preds.groups, y, 50, 0.95, 0))}
     split_preds = SplitPredictions(ids, CLASSES, y, logits)
     frame = pd.DataFrame({"image_id": ids, "group": preds.groups, "label": np.array(CLASSES)[y],
                           "center": "1", "partition": np.array(["train", "val", "test"])[y]})
     quality = pd.DataFrame({"image_id": ids, "usable": True, "dup_cluster": ""})
     cam = rng.random((8, 8))
+    lesion_groups = GroupedResampling(np.array(["g0", "g0", "g1"]), np.ones(3, int), 50, 0.95, 0)
     lesion = [{"label": "x", "box": [0, 0, 4, 4], "polygon": []}]
     scores = [score_cam(cam, lesion, [0, 0, 8, 8], 0.5)] * 3
     explain = {"method": "gradcam", "cam_threshold": 0.5, "n_test": n, "n_annotated": 3,
                "localization": {t: grouped_summary(scores, ["Benign"] * 3, [True, False, True],
-                                                   CLASSES)
+                                                   CLASSES, lesion_groups)
                                 for t in ("true_class", "predicted_class")},
                "faithfulness": {"road": road_summary({"morf": rng.random((2, 3)),
-                                                      "lerf": rng.random((2, 3))}, [20, 80])},
+                                                      "lerf": rng.random((2, 3))}, [20, 80],
+                                                     lesion_groups)},
                "gallery": {"n_images": 0}}
     produced = {"analysis.json": analysis,
                 "evaluate.json": evaluation_metrics({"val": split_preds, "test": split_preds}),
-                "calibration.json": temperature_scaling_report(logits, y, logits, y, 10),
+                "calibration.json": cal,
                 "split.json": split_metrics(frame, quality, CLASSES), "explain.json": explain}
     for name, data in produced.items():
         (project["metrics_dir"] / name).write_text(json.dumps(json_safe(data)))
@@ -380,6 +388,14 @@ def test_producer_layouts_render_completely(project):
     assert "on the calibrated probability scale" in docs[0]
     accuracy = analysis["test"]["accuracy"]
     assert f"{accuracy['count']}/{accuracy['n']}" in docs[0]
+    # the pointing game with its grouped exact interval and count/n, ECE and ROAD intervals
+    pointing = explain["localization"]["true_class"]["overall"]["intervals"]["pointing_game"]
+    ece = analysis["calibration"]["ece"]["after"]
+    for doc in docs:
+        assert f"**{ci(pointing)}**" in doc and pointing["n"] == 3
+        assert f"{num(ece['value'])} ({num(ece['ci_low'])}-{num(ece['ci_high'])})" in doc
+    road = explain["faithfulness"]["road"]
+    assert f"({num(road['combined_ci_low'])}-{num(road['combined_ci_high'])})" in docs[1]
 
 
 def test_stage_writes_both_documents(project, tmp_path):
@@ -419,10 +435,15 @@ def test_seed_spread_shown_only_for_the_run_it_measured(project):
     card = render(project)[0]
     assert "measured over 2 training seeds (42, 1;" in card
     assert "test macro AUC 0.750-0.850 (mean 0.800)" in card
+    band = "over 2 training seeds: mean (min-max)"
+    report = render(project)[1]
+    for doc in (card, report):  # the headline table carries the band beside this run's value
+        assert band in doc and "| macro AUC (one-vs-rest) | " in doc and "| 0.800 (0.750-0.850) |" in doc
     path = project["metrics_dir"] / "seed_spread.json"
     other = copy.deepcopy(SEED_SPREAD)
     other["runs"][0]["metrics"]["test_macro_auc"] -= 0.01   # the spread of another run
     path.write_text(json.dumps(other))
     assert "was measured on another run" in render(project)[0]
+    assert band not in render(project)[0]
     path.unlink()
     assert "Seed-to-seed spread: not measured for this run" in render(project)[0]
