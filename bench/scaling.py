@@ -1,5 +1,5 @@
 """Cost as the work grows: a queued DVC experiment grid over input size x backbone, and the
-generated `docs/scaling.md` (table, accuracy-per-training-minute frontier, DVC plot data).
+generated `reports/scaling.md` (table, accuracy-per-training-minute frontier, DVC plot data).
 
     python bench/scaling.py run --sizes 96 128 192 256 \
         --backbones efficientnet_b0 resnet18 mobilenetv3_large_100
@@ -57,8 +57,8 @@ def main() -> int:
     cost.add_argument("--backbones", nargs="+", required=True)
     cost.add_argument("--steps", type=int, default=3)
     cost.add_argument("--out", type=Path, default=Path("bench/scaling_cost.json"))
-    report = sub.add_parser("report", help="write docs/scaling.md and the plot data")
-    report.add_argument("--out", type=Path, default=Path("docs/scaling.md"))
+    report = sub.add_parser("report", help="write reports/scaling.md and the plot data")
+    report.add_argument("--out", type=Path, default=Path("reports/scaling.md"))
     report.add_argument("--plots", type=Path, default=Path("plots/scaling"))
     report.add_argument("--json", type=Path, default=Path("bench/scaling.json"))
     report.add_argument("--command", default="", help="the `run` command line, for the doc")

@@ -7,7 +7,7 @@ decoded cache and splits), with the params.yaml settings otherwise, and writes a
 and its JSON. Validation data only: nothing here looks at the test split.
 
     python scripts/anomaly_identity.py --params params.yaml --cache data/cache \
-        --splits data/splits --info data/dataset.json --out docs/anomaly_identity.md
+        --splits data/splits --info data/dataset.json --out reports/anomaly_identity.md
 """
 import argparse
 import dataclasses

@@ -1,6 +1,6 @@
 """Anomaly summary stage: the autoencoders and feature detectors beside the classifier in
 metrics/anomaly.json, the ROC/PR plot data and the comparison section
-(docs/anomaly_comparison.md)."""
+(reports/anomaly_comparison.md)."""
 import argparse
 import json
 import logging

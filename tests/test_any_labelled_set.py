@@ -31,7 +31,7 @@ def test_dvc_repro_runs_to_the_end_and_says_what_does_not_apply(case, tmp_path):
     assert "up to date" in run(["dvc", "status"], root).lower()
     assert read(root, "data/dataset.json")["classes"] == classes
     explain, anomaly = read(root, "metrics/explain.json"), read(root, "metrics/anomaly.json")
-    report, card = read(root, "docs/report.md"), read(root, "docs/model_card.md")
+    report, card = read(root, "reports/report.md"), read(root, "reports/model_card.md")
 
     if boxes:
         assert explain["localization"]["true_class"]["overall"]["n"] > 0
@@ -39,7 +39,7 @@ def test_dvc_repro_runs_to_the_end_and_says_what_does_not_apply(case, tmp_path):
     else:
         for record in (explain["localization"], explain["faithfulness"]["road"]):
             assert record["applicable"] is False and NO_BOX in record["reason"]
-        assert read(root, "docs/gradcam_summary.md").count(f"Not applicable: {NO_BOX}") == 2
+        assert read(root, "reports/gradcam_summary.md").count(f"Not applicable: {NO_BOX}") == 2
         for doc in (report, card):
             assert f"localization and faithfulness do not apply: {NO_BOX}" in doc
 
@@ -52,7 +52,7 @@ def test_dvc_repro_runs_to_the_end_and_says_what_does_not_apply(case, tmp_path):
             for record in (read(root, f"data/anomaly/{arch}/evaluation.json"),
                            read(root, f"dvclive/anomaly_train/{arch}/metrics.json")):
                 assert record == anomaly
-        assert f"Not applicable: {NO_NORMAL}" in read(root, "docs/anomaly_comparison.md")
+        assert f"Not applicable: {NO_NORMAL}" in read(root, "reports/anomaly_comparison.md")
         assert f"Not applicable: {NO_NORMAL}" in report
 
     tasks = read(root, "metrics/analysis.json")["operating_points"]

@@ -324,7 +324,7 @@ def test_prepare_and_audit_stages_on_synthetic_twin(tmp_path):
               "--info", "data/dataset.json", cwd=tmp_path)
     run_stage(str(REPO / "stages/audit.py"), "--params", "params.yaml", "--index", "data/index.csv",
               "--notes", "data/ingest_notes.csv", "--info", "data/dataset.json",
-              "--quality", "data/quality.csv", "--report", "docs/data_audit.md",
+              "--quality", "data/quality.csv", "--report", "reports/data_audit.md",
               "--metrics", "metrics/audit.json", "--plots", "plots/audit", cwd=tmp_path)
     index = read_index(tmp_path / "data/index.csv")
     quality = pd.read_csv(tmp_path / "data/quality.csv", dtype=str, keep_default_na=False)
@@ -332,7 +332,7 @@ def test_prepare_and_audit_stages_on_synthetic_twin(tmp_path):
     assert list(quality["image_id"]) == list(index["image_id"])
     assert metrics["images_in"] == len(index) == metrics["usable"] + metrics["excluded"]
     assert metrics["excluded"] >= 3  # truncated, zero-byte, contradicting labels are planted
-    report = (tmp_path / "docs/data_audit.md").read_text()
+    report = (tmp_path / "reports/data_audit.md").read_text()
     assert SYNTHETIC_BANNER in "\n".join(report.splitlines()[:4])
 
 

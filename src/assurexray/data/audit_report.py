@@ -1,5 +1,5 @@
 """The audit's human-facing outputs: DVC plot data and figures, and the context of the audit
-report (docs/data_audit.md, rendered by the reporting wing from templates/data_audit.md.j2)."""
+report (reports/data_audit.md, rendered by the reporting wing from templates/data_audit.md.j2)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,7 @@ MAX_LISTED_NOTES = 100  # longer note lists are summarised by reason; the CSV ha
 
 
 def report_context(result: AuditResult, figures: dict[str, Path], report_path: str | Path) -> dict:
-    """The body of docs/data_audit.md (templates/data_audit.md.j2 in the reporting wing):
+    """The body of reports/data_audit.md (templates/data_audit.md.j2 in the reporting wing):
     reconciliation, distributions, duplicates, exclusions, warnings; figures by relative path."""
     t, notes, ids = result.table, result.notes, result.table["image_id"]
     usable, bad, warned = t[t["usable"]], t[~t["usable"]], t[t["warnings"] != ""]

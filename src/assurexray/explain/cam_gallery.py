@@ -123,7 +123,7 @@ def write_gallery(model, cache, transform, cases: Sequence[Case], classes: Seque
 
 def summary_context(metrics: dict, cases: Sequence[Case], gallery_dir: str | Path,
                     summary_path: str | Path) -> dict:
-    """The body of docs/gradcam_summary.md (templates/gradcam_summary.md.j2 in the reporting
+    """The body of reports/gradcam_summary.md (templates/gradcam_summary.md.j2 in the reporting
     wing): raw figures from the explain metrics, the gallery by path relative to the summary.
     A localization or ROAD section that does not apply (no annotated test image) is None,
     with its reason in ``not_applicable``."""

@@ -1,4 +1,4 @@
-"""The model card (docs/model_card.md), with the sections of Mitchell et al. (2019), "Model
+"""The model card (reports/model_card.md), with the sections of Mitchell et al. (2019), "Model
 Cards for Model Reporting": the context of templates/model_card.md.j2."""
 from __future__ import annotations
 
@@ -124,5 +124,5 @@ def context(inputs: Inputs) -> dict:
 
 
 def render_model_card(inputs: Inputs) -> str:
-    """docs/model_card.md."""
+    """reports/model_card.md."""
     return render("model_card.md.j2", **context(inputs))

@@ -1,4 +1,4 @@
-"""The run report (docs/report.md): every section's context, read from the pipeline's files.
+"""The run report (reports/report.md): every section's context, read from the pipeline's files.
 
 Every figure is read from the files the pipeline wrote; none is typed here (published
 reference results come from published.yaml, each with its citation). A missing file, or one
@@ -169,5 +169,5 @@ def context(inputs: Inputs, doc_dir: Path) -> dict:
 
 
 def render_report(inputs: Inputs, doc_dir: str | Path) -> str:
-    """docs/report.md; figures are linked relative to ``doc_dir`` (the report's folder)."""
+    """reports/report.md; figures are linked relative to ``doc_dir`` (the report's folder)."""
     return render("report.md.j2", **context(inputs, Path(doc_dir)))

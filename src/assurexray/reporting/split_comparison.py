@@ -115,7 +115,7 @@ def to_markdown(rows: list[dict], by_split: dict[str, dict]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exp-json", type=Path,
                         help="saved output of `dvc exp show --json` (default: run it now)")
-    parser.add_argument("--out", type=Path, default=Path("docs/split_comparison"),
+    parser.add_argument("--out", type=Path, default=Path("reports/split_comparison"),
                         help="output stem: writes STEM.md and STEM.json")
 
 

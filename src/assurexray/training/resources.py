@@ -1,6 +1,6 @@
 """What a training run cost: throughput, epoch time and peak memory.
 
-These are the figures `docs/scaling.md` compares across input sizes and backbones. They go to
+These are the figures `reports/scaling.md` compares across input sizes and backbones. They go to
 their own file (``RESOURCES_FILE`` beside dvclive's metrics), never into ``metrics.json``: they
 change on every run, and a stage reading metrics.json (report) would rerun after an identical
 retraining.
