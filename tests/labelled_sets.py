@@ -43,5 +43,4 @@ def labelled_project(tmp: Path, classes: list[str], boxes: bool = False) -> Path
     manifest = write_labelled_set(study, classes, boxes=boxes)
     return make_project(tmp / "project", {
         "data": {"source": "manifest", "tracked_path": str(study),
-                 "manifest": {"path": str(manifest)}},
-        "model": {"init": "scratch"}})   # the tiny backbone has no packaged weights
+                 "manifest": {"path": str(manifest)}}})   # the default recipe, unchanged

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"synthetic": {"n_images": 90, "min_side": 128, "max_side": 256}},
     "preprocess": {"cache_size": 64},
-    "model": {"backbone": "resnet18"},
+    # the default model and initial weights (tf_efficientnet_lite0 from its package), small input
     "train": {"image_size": 48, "batch_size": 16, "epochs": 2, "warmup_epochs": 0},
     "explain": {"per_class": 1, "road_percentiles": [50]},
     "analysis": {"bootstrap_iterations": 50},
