@@ -4,7 +4,7 @@
 Starts `assurexray serve` on a free loopback port, uploads IMAGE in headless Chromium exactly as
 the browser test does, checks the bars equal the API's probabilities, saves the screenshot.
 
-    python scripts/viewer_screenshot.py IMAGE --out docs/viewer.png [--checkpoint models/calibrated.pt
+    python scripts/viewer_screenshot.py IMAGE --out docs/images/viewer.png [--checkpoint models/calibrated.pt
         --reference models/reference.npz]
 """
 import argparse
@@ -21,7 +21,7 @@ from serve_helpers import ServedModel, predict_in_browser, running_server, stop 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("image", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("docs/viewer.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/images/viewer.png"))
     parser.add_argument("--checkpoint", type=Path, default=Path("models/calibrated.pt"))
     parser.add_argument("--reference", type=Path, default=Path("models/reference.npz"))
     args = parser.parse_args()

@@ -145,6 +145,7 @@ def predict_in_browser(base: str, image: Path, screenshot: Path, timeout: float 
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
         return {"probs": shown, "kind": driver.find_element(By.ID, "bars").get_attribute("data-kind"),
-                "notice": driver.find_element(By.ID, "notice").text}
+                "notice": driver.find_element(By.ID, "notice").text,
+                "decision": driver.find_element(By.ID, "decision").text}
     finally:
         driver.quit()

@@ -140,24 +140,6 @@ def test_image_size_may_grow_with_the_cache(tmp_path):
     assert params.train.image_size == params.preprocess.cache_size == 384
 
 
-def test_readme_gpu_command_passes_the_checks(tmp_path):
-    """Every `-S key=value` of the README's paper-faithful run, applied to params.yaml, loads."""
-    readme = (REPO / "README.md").read_text()
-    command = readme.split("A paper-faithful run", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    overrides = re.findall(r"-S ([\w.]+)=(\S+)", command)
-    assert len(overrides) >= 5 and ("train.image_size", "224") in overrides
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in overrides:
-        *parents, leaf = key.split(".")
-        section = raw
-        for part in parents:
-            section = section[part]
-        assert leaf in section, f"README sets unknown key {key}"
-        section[leaf] = yaml.safe_load(value)
-    params = load_params(write(tmp_path, raw))
-    assert params.train.image_size <= params.preprocess.cache_size
-
-
 def test_unreadable_file_is_a_params_error(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_bytes(b"\xff\xfe\x00garbage")

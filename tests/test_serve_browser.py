@@ -21,4 +21,9 @@ def test_viewer_shows_the_api_prediction(served_model, tmp_path):
     for name, p in api["calibrated_probs"].items():
         assert shown["probs"][name] == pytest.approx(p, abs=1e-12)
     assert "Research use only" in shown["notice"]
+    # one sentence names the predicted class with its rule (argmax) and the decision with its own
+    decision = api["decisions"]["malignant_vs_rest"]
+    assert shown["decision"].startswith(f"Predicted class: {api['pred']} (the most probable class")
+    assert f"malignant vs rest: {'POSITIVE' if decision['positive'] else 'negative'}" in shown["decision"]
+    assert f"threshold {decision['threshold']:.3f}" in shown["decision"]
     assert (tmp_path / "viewer.png").stat().st_size > 1000

@@ -47,14 +47,27 @@ function testRates(d) {
     : "No test-set rates loaded (serve --test-rates): only the optimistic validation rates are known.";
 }
 
+// One sentence, because the two answers follow different rules and can disagree: the predicted
+// class is the most probable one (argmax), while a binary decision compares one score with a
+// threshold chosen on validation (score >= threshold is positive).
+function verdict(result) {
+  const probs = result.calibrated_probs || result.probs;
+  const predicted = `Predicted class: ${result.pred} (the most probable class, p ${probs[result.pred].toFixed(2)})`;
+  const d = result.decisions && result.decisions.malignant_vs_rest;
+  if (!d || d.positive === null) return `${predicted}; no operating point loaded, so no malignant-vs-rest decision.`;
+  const side = d.positive ? "at or above" : "below";
+  return `${predicted}; malignant vs rest: ${d.positive ? "POSITIVE" : "negative"} (its ${d.scale} score ` +
+    `${d.score.toFixed(3)} is ${side} the threshold ${d.threshold.toFixed(3)} of the ${d.operating_point} ` +
+    `operating point, chosen on validation).`;
+}
+
 function showDecision(result) {
   const d = result.decisions && result.decisions.malignant_vs_rest;
-  $("decision").textContent = d && d.positive !== null
-    ? `Malignant vs rest at the ${d.operating_point} operating point (${d.scale} threshold ${d.threshold.toFixed(3)}, chosen on validation): ` +
-      `${d.positive ? "POSITIVE" : "negative"} (score ${d.score.toFixed(3)}). ` +
-      `Validation (the images the threshold was chosen on, optimistic): sensitivity ${d.val_sensitivity.toFixed(2)}, specificity ${d.val_specificity.toFixed(2)}.`
-    : "No operating point loaded.";
-  $("rates").textContent = d && d.positive !== null ? testRates(d) : "";
+  $("decision").textContent = verdict(result);
+  $("rates").textContent = d && d.positive !== null
+    ? `Validation (the images the threshold was chosen on, optimistic): sensitivity ${d.val_sensitivity.toFixed(2)}, ` +
+      `specificity ${d.val_specificity.toFixed(2)}. ${testRates(d)}`
+    : "";
   const ood = result.ood;
   $("ood").hidden = !(ood && ood.flagged);
   $("ood").textContent = ood && ood.flagged
@@ -86,8 +99,8 @@ async function classify(file) {
   $("camnote").textContent = `Grad-CAM of the predicted class (${result.gradcam_class}).`;
   showBars(result);
   showDecision(result);
-  $("model").textContent = `Prediction: ${result.pred}. ` +
-    (result.calibrated_probs ? "Bars show temperature-calibrated probabilities." : "Bars show probabilities.");
+  $("model").textContent =
+    result.calibrated_probs ? "Bars show temperature-calibrated probabilities." : "Bars show probabilities.";
   $("result").hidden = false;
   $("status").textContent = "Done.";
 }
