@@ -73,3 +73,24 @@ def test_a_model_that_scored_other_images_is_refused():
     with pytest.raises(ValueError, match="other test images"):
         comparison({"unet": a, "reversed": b}, {"unet": ev, "reversed": ev}, None, None,
                    "Normal", ANALYSIS, seed=0)
+
+
+def test_the_comparison_shows_each_detectors_validation_choice_and_cost():
+    val, test = table(100, 3), table(140, 4)
+    evaluation = evaluate_scores(val, test, "Normal", "mse", ANALYSIS, seed=0)
+    evaluation["localization"] = {"overall": {"n": 5, "pointing_game": 0.4, "chance": 0.1}}
+    config = {"detector": "patchcore", "image_size": 256, "layers": [2], "aggregation": "topk",
+              "coreset_ratio": 0.01, "k": 1, "bank_patches": 4382}
+    evaluation.update(config=config, state_mb=0.7, file_mb=0.8, selection=[
+        {**config, "val_auc": 0.89}, {**config, "image_size": 128, "val_auc": 0.81},
+        {**config, "skipped": "memory bank over max_bank_mb"}])
+    comp = comparison({"patchcore": test}, {"patchcore": evaluation}, None, None, "Normal",
+                      ANALYSIS, seed=0)
+    context = comparison_context(comp, {"patchcore": evaluation})
+    assert context["identity"] == []    # the identity check is the autoencoders'
+    (row,) = context["detectors"]
+    assert row["val_auc"] == 0.89 and row["val_auc_range"] == [0.81, 0.89]
+    assert row["candidates"] == 3
+    doc = render("anomaly_comparison.md.j2", **context,
+                 header=header("Anomaly", "a test", "nothing", "synthetic"))
+    assert "| patchcore | 256 px | 2 | topk | " in doc and "| 0.810-0.890 | 0.7 | 0.8 |" in doc

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from assurexray.anomaly.detector import AGGREGATIONS, DETECTORS
 from assurexray.data.sources import SOURCES
 from assurexray.explain.cam import METHODS
 from assurexray.param_checks import drift_permutations_needed, range_rules
 from assurexray.params import (
+    AnomalyFeatureParams,
+    AnomalyParams,
     DataParams,
     ExplainParams,
     Params,
@@ -46,11 +49,14 @@ def test_repository_params_list_every_key():
 
 @pytest.mark.parametrize("schema, key, registry", [
     (DataParams, "source", SOURCES), (TrainParams, "loss", LOSSES), (ExplainParams, "method", METHODS),
+    (AnomalyFeatureParams, "aggregations", AGGREGATIONS), (AnomalyParams, "detectors", DETECTORS),
 ])
 def test_literal_choices_are_the_registry_keys(schema, key, registry):
     """params.py is a base module and cannot import the wings: its choices are checked here."""
-    choices = typing.get_args(typing.get_type_hints(schema)[key])
-    assert set(choices) == set(registry)
+    hint = typing.get_type_hints(schema)[key]
+    if typing.get_origin(hint) is list:   # a list of choices
+        hint = typing.get_args(hint)[0]
+    assert set(typing.get_args(hint)) == set(registry)
 
 
 @pytest.mark.parametrize("data, key", [
@@ -128,6 +134,12 @@ def test_missing_key_takes_the_dataclass_default(tmp_path):
     ({"anomaly": {"unet": {"drop_skips": [3]}}}, "anomaly.unet.drop_skips"),
     ({"anomaly": {"score": {"ssim_window": 4}}}, "anomaly.score.ssim_window"),
     ({"anomaly": {"train": {"warmup_epochs": 9}}}, "anomaly.train.warmup_epochs"),
+    ({"anomaly": {"features": {"image_sizes": []}}}, "anomaly.features.image_sizes"),
+    ({"anomaly": {"features": {"layer_sets": [[2, 7]]}}}, "anomaly.features.layer_sets"),
+    ({"anomaly": {"patchcore": {"coreset_ratios": [0.0]}}}, "anomaly.patchcore.coreset_ratios"),
+    ({"anomaly": {"patchcore": {"neighbours": [0]}}}, "anomaly.patchcore.neighbours"),
+    ({"anomaly": {"padim": {"covariance_eps": 0}}}, "anomaly.padim.covariance_eps"),
+    ({"anomaly": {"detectors": ["padim", "padim"]}}, "anomaly.detectors"),
 ])
 def test_value_out_of_range_is_named(tmp_path, data, key):
     with pytest.raises(ParamsError, match=f"'{key}' must be"):

@@ -11,8 +11,9 @@ temperature-calibrated ones when the checkpoint has a temperature), with ``model
 the decision of each binary task (malignant vs rest, tumour vs normal) at its shipped operating
 point (threshold on the calibrated scale, with its validation sensitivity and specificity), the
 checkpoint identity and, with --gradcam, the path of a Grad-CAM overlay of the predicted class.
-With --anomaly-checkpoint (an autoencoder from the anomaly_train stage) each record also gets
-``anomaly``: its scores (the primary one as ``score``) and, with --out, the path of its
+With --anomaly-checkpoint (an autoencoder from anomaly_train, or a feature detector from
+anomaly_fit) each record also gets ``anomaly``: its scores (the primary one as ``score``), a
+feature detector's ``decision`` at its validation threshold and, with --out, the path of its
 anomaly-map overlay.
 An unreadable file gets ``{"file", "error"}`` and the others go on; the exit code is 1 when any
 input failed.
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+    from assurexray.anomaly.detector import FeatureDetector
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -67,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a Grad-CAM overlay of the predicted class per image (needs --out)")
     parser.add_argument("--cam-method", default="gradcam", choices=sorted(CAM_METHODS))
     parser.add_argument("--anomaly-checkpoint", type=Path,
-                        help="an autoencoder (models/anomaly/<arch>.pt): add its anomaly score "
-                             "and, with --out, its anomaly map")
+                        help="an anomaly model (models/anomaly/<arch or detector>.pt): add its "
+                             "anomaly score (a detector's decision too) and, with --out, its map")
     parser.add_argument("--out", type=Path, help="folder for predictions.jsonl and gradcam/")
     parser.add_argument("--reference", type=Path,
                         help=f"training reference of the reference stage (default: {REFERENCE_NAME} "
@@ -99,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     predictor = Predictor(classifier, args.checkpoint, args.batch_size, args.workers)
     if args.anomaly_checkpoint:
-        from assurexray.anomaly.checkpoint import load_autoencoder  # imports torch
+        from assurexray.anomaly.detector import load_anomaly_model  # imports torch
         try:
-            predictor.anomaly = (*load_autoencoder(args.anomaly_checkpoint, classifier.device),
+            predictor.anomaly = (*load_anomaly_model(args.anomaly_checkpoint, classifier.device),
                                  args.anomaly_checkpoint, args.out / "anomaly" if args.out else None)
         except (FileNotFoundError, AssureXRayError) as exc:
             log.error("%s", exc)
@@ -141,8 +144,8 @@ class Predictor:
         self.identity = {"path": str(checkpoint_path), "backbone": meta.backbone,
                          "git_rev": meta.git_rev, "split": meta.split,
                          "engine": classifier.engine.name}
-        # (autoencoder, its meta, its path, map folder or None) with --anomaly-checkpoint
-        self.anomaly: tuple[torch.nn.Module, dict, Path, Path | None] | None = None
+        # (autoencoder or feature detector, its meta, its path, map folder or None)
+        self.anomaly: tuple[torch.nn.Module | FeatureDetector, dict, Path, Path | None] | None = None
 
     def load(self, path: Path) -> Prepared | str:
         """The prepared input, or the reason the file cannot be classified."""
@@ -209,10 +212,10 @@ class Predictor:
         return compute_cams(self.classifier.cam_model(), torch.from_numpy(inputs), targets, method)
 
     def _add_anomaly(self, records, paths, boxed, ok, start) -> None:
-        from assurexray.anomaly.scoring import score_letterboxed  # imports torch
-        assert self.anomaly is not None  # called only with an autoencoder loaded
+        from assurexray.anomaly.detector import score_any  # imports torch
+        assert self.anomaly is not None  # called only with an anomaly model loaded
         model, meta, path, map_dir = self.anomaly
-        result = score_letterboxed(model, meta, boxed, self.batch_size, self.classifier.device)
+        result = score_any(model, meta, boxed, self.batch_size, self.classifier.device)
         primary = meta["score"]["primary"]
         if map_dir is not None:
             map_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +229,9 @@ class Predictor:
                 Image.fromarray(_overlay(boxed[j], amap)).save(png)
                 entry["map"] = str(png)
             records[i]["anomaly"] = entry
+            if meta.get("threshold") is not None:   # a feature detector's validation Youden point
+                entry["decision"] = {"anomalous": scores[primary] >= meta["threshold"],
+                                     "threshold": meta["threshold"]}
 
 
 def ordered(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],

@@ -1,4 +1,5 @@
-"""The autoencoders beside the classifier, image for image, on the same test images.
+"""The anomaly models (autoencoders, feature detectors) beside the classifier, image for image,
+on the same test images.
 
 The classifier's tumour-vs-normal score is 1 - P(Normal) from its test predictions. Every model
 is resampled with the same grouped bootstrap weights (a function of the test table only), so
@@ -35,7 +36,7 @@ def classifier_scores(preds: SplitPredictions, image_ids: list[str], normal: str
     missing = sorted(set(image_ids) - set(score.index))
     if missing:
         raise ComparisonError(f"the classifier has no test prediction for {len(missing)} image(s) "
-                              f"the autoencoders scored, e.g. {missing[:3]}; rerun evaluate")
+                              f"the anomaly models scored, e.g. {missing[:3]}; rerun evaluate")
     return score.loc[image_ids].to_numpy(float)
 
 
@@ -46,8 +47,8 @@ def model_scores(tables: dict[str, pd.DataFrame], evaluations: dict[str, dict],
     out = {}
     for arch, table in tables.items():
         if table["image_id"].tolist() != ids:
-            raise ComparisonError(f"the {arch} autoencoder scored other test images; rerun "
-                                  "anomaly_evaluate for every architecture")
+            raise ComparisonError(f"the {arch} model scored other test images; rerun "
+                                  "anomaly_evaluate and anomaly_detect for every model")
         out[arch] = table[evaluations[arch]["primary_score"]].to_numpy(float)
     if classifier is not None:
         out[CLASSIFIER] = classifier
@@ -103,5 +104,22 @@ def comparison_context(comp: dict, evaluations: dict[str, dict]) -> dict:
                "localization": m["localization"]} for name, m in comp.items()]
     identity = [{"arch": arch, **{k: ev["identity"][k] for k in
                                   ("n", "lesion_copy", "error_ratio", "pointing_game", "chance")}}
-                for arch, ev in evaluations.items()]
-    return {"classes": classes, "models": models, "identity": identity}
+                for arch, ev in evaluations.items() if "identity" in ev]   # autoencoders only
+    return {"classes": classes, "models": models, "identity": identity,
+            "detectors": [detector_row(name, ev) for name, ev in evaluations.items()
+                          if "selection" in ev]}
+
+
+def detector_row(name: str, evaluation: dict) -> dict:
+    """A feature detector's validation choice (the best candidate's validation AUC among all
+    of them) and its cost on disk."""
+    tried = [c for c in evaluation["selection"] if "val_auc" in c]
+    config = evaluation["config"]
+    return {"name": name, "image_size": config["image_size"], "layers": config["layers"],
+            "aggregation": config["aggregation"],
+            "settings": {k: config[k] for k in ("coreset_ratio", "k", "bank_patches", "dims")
+                         if k in config},
+            "val_auc": max(c["val_auc"] for c in tried),
+            "val_auc_range": [min(c["val_auc"] for c in tried), max(c["val_auc"] for c in tried)],
+            "candidates": len(evaluation["selection"]), "state_mb": evaluation["state_mb"],
+            "file_mb": evaluation["file_mb"]}

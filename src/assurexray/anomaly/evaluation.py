@@ -10,6 +10,7 @@ code, so they sit in one table with Grad-CAM.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,14 +26,14 @@ from assurexray.params import AnalysisParams
 
 def score_table(image_ids, labels: np.ndarray, classes: list[str], groups: pd.Series,
                 index: pd.DataFrame, scores: dict[str, np.ndarray]) -> pd.DataFrame:
-    """One row per image: id, class name, patient group, center, every score."""
+    """One row per image: id, class name, patient group, center, every score of ``scores``."""
     centers = index.set_index("image_id")["center"]
     frame = pd.DataFrame({"image_id": list(image_ids),
                           "label": [classes[i] for i in labels],
                           "group": groups.loc[list(image_ids)].to_numpy(),
                           "center": centers.loc[list(image_ids)].astype(str).to_numpy()})
-    for name in SCORES:
-        frame[name] = scores[name]
+    for name, values in scores.items():
+        frame[name] = values
     return frame
 
 
@@ -71,13 +72,14 @@ def operating_points(val: pd.DataFrame, test: pd.DataFrame, normal: str, score: 
 
 
 def evaluate_scores(val: pd.DataFrame, test: pd.DataFrame, normal: str, primary: str,
-                    analysis: AnalysisParams, seed: int) -> dict:
+                    analysis: AnalysisParams, seed: int,
+                    score_names: Sequence[str] = SCORES) -> dict:
     """AUCs (every score; per class and center for the primary one) and operating points."""
     weights = resample_weights(test, normal, analysis.bootstrap_iterations, seed)
     positive = (test["label"] != normal).to_numpy()
     ci = analysis.ci_level
     out = {"primary_score": primary, "n_test": len(test),
-           "auc": {s: auc_interval(positive, test[s].to_numpy(float), weights, ci) for s in SCORES}}
+           "auc": {s: auc_interval(positive, test[s].to_numpy(float), weights, ci) for s in score_names}}
     scores = test[primary].to_numpy(float)
     out["auc_by_class"] = {
         c: auc_interval(positive[keep], scores[keep], weights[:, keep], ci)

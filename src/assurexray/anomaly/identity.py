@@ -51,6 +51,7 @@ def identity_check(model: torch.nn.Module, clean: torch.Tensor, score: dict, bat
     lesioned, masks, boxes = draw_lesions(clean, np.random.default_rng(seed))
     before = score_inputs(model, clean, score, batch_size, device)
     after = score_inputs(model, lesioned, score, batch_size, device)
+    assert after.reconstructions is not None and before.reconstructions is not None  # an AE
     d = (lesioned - clean)[:, 0].numpy()
     r = after.reconstructions - before.reconstructions
     err = (lesioned[:, 0].numpy() - after.reconstructions) ** 2

@@ -1,4 +1,5 @@
-"""The anomaly gallery: input | reconstruction | error map | annotation, per chosen test image.
+"""The anomaly gallery: input | reconstruction | error map | annotation, per chosen test image
+(a feature detector has no reconstruction: input | anomaly map | annotation).
 
 Chosen per kind, from the primary score: the highest-scoring tumours (found), the
 highest-scoring normals (false alarms) and the lowest-scoring tumours (missed).
@@ -30,24 +31,27 @@ def select_cases(test: pd.DataFrame, normal: str, score: str, per_kind: int) -> 
             for rank, i in enumerate(rows[:per_kind], start=1)]
 
 
-def render(path: Path, image: np.ndarray, recon: np.ndarray, amap: np.ndarray,
+def render(path: Path, image: np.ndarray, recon: np.ndarray | None, amap: np.ndarray,
            lesions: list[dict], title: str) -> None:
-    """One row of four panels; ``image``, ``recon``, ``amap`` and ``lesions`` share one frame."""
-    fig = Figure(figsize=(10.4, 3.2), dpi=100)
-    axes = fig.subplots(1, 4)
+    """One row of panels; ``image``, ``recon``, ``amap`` and ``lesions`` share one frame."""
+    panels = 3 if recon is None else 4
+    fig = Figure(figsize=(2.6 * panels, 3.2), dpi=100)
+    axes = list(fig.subplots(1, panels))
     gray = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     axes[0].imshow(gray, cmap="gray", vmin=0, vmax=255)
     axes[0].set_title("input")
-    axes[1].imshow(recon, cmap="gray", vmin=0, vmax=1)
-    axes[1].set_title("reconstruction")
+    if recon is not None:
+        axes[1].imshow(recon, cmap="gray", vmin=0, vmax=1)
+        axes[1].set_title("reconstruction")
     peak = float(amap.max())
-    axes[2].imshow(overlay(gray, amap / peak if peak > 0 else amap))
-    axes[2].set_title("error map (per-image scale)")
-    axes[3].imshow(gray, cmap="gray", vmin=0, vmax=255)
-    axes[3].set_title("annotation" if lesions else "no lesion annotation")
+    axes[-2].imshow(overlay(gray, amap / peak if peak > 0 else amap))
+    axes[-2].set_title("error map (per-image scale)" if recon is not None
+                       else "anomaly map (per-image scale)")
+    axes[-1].imshow(gray, cmap="gray", vmin=0, vmax=255)
+    axes[-1].set_title("annotation" if lesions else "no lesion annotation")
     for les in lesions:
         x0, y0, x1, y1 = les["box"]
-        axes[3].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+        axes[-1].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                     color="lime", lw=1.2))
     for ax in axes:
         ax.set_axis_off()
@@ -57,7 +61,7 @@ def render(path: Path, image: np.ndarray, recon: np.ndarray, amap: np.ndarray,
 
 
 def write_gallery(out_dir: str | Path, test: pd.DataFrame, cases: list[tuple], inputs: np.ndarray,
-                  recons: np.ndarray, maps: np.ndarray, lesions: list[list[dict]],
+                  recons: np.ndarray | None, maps: np.ndarray, lesions: list[list[dict]],
                   arch: str, score: str) -> list[Path]:
     """Render ``cases`` (rows of ``test`` and of the arrays) into ``out_dir`` (old PNGs removed)."""
     out_dir = Path(out_dir)
@@ -68,8 +72,9 @@ def write_gallery(out_dir: str | Path, test: pd.DataFrame, cases: list[tuple], i
     for kind, rank, i in cases:
         row = test.iloc[i]
         path = out_dir / f"{kind}_{rank}.png"
-        render(path, inputs[i], recons[i], maps[i], lesions[i],
-               f"{arch} autoencoder | {KINDS[kind]} #{rank} | {row['image_id']} | true: "
+        family = "detector" if recons is None else "autoencoder"
+        render(path, inputs[i], None if recons is None else recons[i], maps[i], lesions[i],
+               f"{arch} {family} | {KINDS[kind]} #{rank} | {row['image_id']} | true: "
                f"{row['label']} | {score} score {row[score]:.4g}")
         paths.append(path)
     return paths

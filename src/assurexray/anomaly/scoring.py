@@ -27,10 +27,11 @@ SCORES = ("mse", "ssim", "topk")
 
 @dataclass(frozen=True)
 class AnomalyResult:
-    """Scores {name: (N,)}, maps (N, S, S), reconstructions (N, S, S)."""
+    """Scores {name: (N,)}, maps (N, S, S), reconstructions (N, S, S; None for a feature
+    detector)."""
     scores: dict[str, np.ndarray]
     maps: np.ndarray
-    reconstructions: np.ndarray
+    reconstructions: np.ndarray | None
 
 
 @torch.inference_mode()
