@@ -50,9 +50,9 @@ from assurexray.params import ExplainParams, load_params
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
     from assurexray.anomaly.detector import FeatureDetector
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
