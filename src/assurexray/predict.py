@@ -223,15 +223,15 @@ class Predictor:
             scores = {name: float(v[j]) for name, v in result.scores.items()}
             entry = {"score": scores[primary], "primary": primary, "scores": scores,
                      "checkpoint": str(path), "arch": meta["arch"]}
+            if meta.get("threshold") is not None:   # a feature detector's validation Youden point
+                entry["decision"] = {"anomalous": scores[primary] >= meta["threshold"],
+                                     "threshold": meta["threshold"]}
             if map_dir is not None:
                 amap = result.maps[j] / max(float(result.maps[j].max()), 1e-12)
                 png = map_dir / f"{start + i:05d}_{paths[j].stem}.png"
                 Image.fromarray(_overlay(boxed[j], amap)).save(png)
                 entry["map"] = str(png)
             records[i]["anomaly"] = entry
-            if meta.get("threshold") is not None:   # a feature detector's validation Youden point
-                entry["decision"] = {"anomalous": scores[primary] >= meta["threshold"],
-                                     "threshold": meta["threshold"]}
 
 
 def ordered(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
