@@ -1,5 +1,6 @@
-"""Analyze stage: test intervals (bootstrap for AUCs, exact for proportions), the shipped
-operating points measured on test, and subgroup metrics."""
+"""Analyze stage: test intervals (bootstrap for AUCs and the ECE before and after temperature
+scaling, exact for proportions), the shipped operating points measured on test, and subgroup
+metrics."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,15 @@ from pathlib import Path
 
 from assurexray.console import run_main
 from assurexray.data.schema import DatasetInfo, read_index
-from assurexray.evaluation.bootstrap import METHOD, METHODS, bootstrap_metrics, read_groups, read_predictions
+from assurexray.evaluation.bootstrap import (
+    METHOD,
+    METHODS,
+    GroupedResampling,
+    bootstrap_metrics,
+    read_groups,
+    read_predictions,
+)
+from assurexray.evaluation.calibration import ece_before_after
 from assurexray.evaluation.operating_points import evaluate_operating_points, read_fitted
 from assurexray.evaluation.subgroups import (
     forest_plot,
@@ -51,6 +60,10 @@ def main() -> None:
         "operating_points": evaluate_operating_points(fitted, test_calibrated, classes,
                                                       a.ci_level),
         "subgroups": summarize_subgroups(table, a.min_subgroup_size),
+        # the same resamples as the main metrics: same groups, strata and seed
+        "calibration": ece_before_after(
+            test.probs, test_calibrated.probs, test.y_true, a.calibration_bins, temperature,
+            GroupedResampling(test.groups, test.y_true, a.bootstrap_iterations, a.ci_level, seed)),
     }
 
     for path in (args.metrics, args.subgroups):

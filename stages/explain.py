@@ -2,6 +2,7 @@
 test set, gallery, summary page."""
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ from assurexray.data.datasets import CachedDataset
 from assurexray.data.schema import DatasetInfo
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.applicability import not_applicable
+from assurexray.evaluation.bootstrap import GroupedResampling, groups_of, read_groups
 from assurexray.evaluation.predictions import SplitPredictions, read_predictions
 from assurexray.explain import cam, cam_gallery, layer_selection, localization
+from assurexray.explain.localization import INTERVAL_METHODS
 from assurexray.inference.runner import load_for_inference
 from assurexray.jsonio import write_json
 from assurexray.params import load_params
@@ -24,8 +27,8 @@ log = logging.getLogger("explain")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("params", "model", "cache", "predictions", "val_predictions", "info", "metrics",
-                 "gallery", "summary"):
+    for name in ("params", "model", "cache", "predictions", "val_predictions", "groups", "info",
+                 "metrics", "gallery", "summary"):
         parser.add_argument(f"--{name.replace('_', '-')}", required=True, type=Path)
     args = parser.parse_args()
 
@@ -50,8 +53,11 @@ def main() -> None:
     ids, y_true, y_pred = annotated(cache, preds)
     log.info("%d of %d test images have lesion annotations", len(ids), len(preds.image_ids))
     if len(ids):
+        resampling = GroupedResampling(groups_of(ids, read_groups(args.groups), args.predictions),
+                                       y_true, params.analysis.bootstrap_iterations,
+                                       params.analysis.ci_level, params.seed)
         localization_metrics, road = localize_test_set(model, meta, cache, transform, ids,
-                                                       y_true, y_pred, layer, params)
+                                                       y_true, y_pred, layer, params, resampling)
     else:  # e.g. a source without boxes: the metrics and the summary say why
         localization_metrics = road = not_applicable(
             f"none of the {len(preds.image_ids)} test images has a usable lesion annotation "
@@ -64,6 +70,7 @@ def main() -> None:
                "layer_selection": choice,
                "n_test": len(preds.image_ids), "n_annotated": len(ids),
                "localization": localization_metrics,
+               "interval_methods": INTERVAL_METHODS,
                "faithfulness": {"road": road},
                "gallery": {"n_images": len(cases)}}
     write_json(args.metrics, metrics)
@@ -81,23 +88,25 @@ def annotated(cache, preds: SplitPredictions) -> tuple[np.ndarray, np.ndarray, n
 
 
 def localize_test_set(model, meta, cache, transform, ids, y_true, y_pred, layer: str,
-                      params) -> tuple[dict, dict]:
+                      params, resampling: GroupedResampling) -> tuple[dict, dict]:
     """Localization of the true- and predicted-class CAMs of the annotated test images, and
-    ROAD of the true-class CAMs on a seeded sample of them, all with the chosen ``layer``."""
+    ROAD of the true-class CAMs on a seeded sample of them, all with the chosen ``layer``;
+    intervals resample patient groups (``resampling``, aligned with ``ids``)."""
     ex = params.explain
     cams_true, cams_pred = cam.true_and_predicted_cams(model, cache, ids, y_true, y_pred,
                                                        transform, ex.method, ex.batch_size, layer)
     lesions, content = localization.model_frame_annotations(cache, ids, meta.image_size)
     truth = ([meta.classes[t] for t in y_true], list(y_true == y_pred), meta.classes)
     localization_metrics = {
-        target: localization.localization_summary(maps, lesions, content, ex.cam_threshold, *truth)
+        target: localization.localization_summary(maps, lesions, content, ex.cam_threshold, *truth,
+                                                  resampling)
         for target, maps in (("true_class", cams_true), ("predicted_class", cams_pred))}
     sub = cam.seeded_subset(len(ids), ex.road_images, params.seed)
     road = cam.road_scores(model, CachedDataset(cache, ids[sub], y_true[sub], transform),
                            cams_true[sub], [content[i] for i in sub], y_true[sub],
                            ex.road_percentiles, ex.batch_size, params.seed)
-    summary = cam.road_summary(road, ex.road_percentiles, ex.road_bootstrap,
-                               params.analysis.ci_level, params.seed)
+    summary = cam.road_summary(road, ex.road_percentiles,
+                               replace(resampling.subset(sub), iterations=ex.road_bootstrap))
     overall = localization_metrics["true_class"]["overall"]
     log.info("true-class CAM on %d images: pointing game %.3f (chance %.3f), energy %.3f, "
              "ROAD combined %.3f [%s, %s]", overall["n"], overall["pointing_game"],

@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.data.transforms import eval_transform
 from assurexray.evaluation.applicability import not_applicable
+from assurexray.evaluation.bootstrap import GroupedResampling
 from assurexray.evaluation.predictions import SplitPredictions
 from assurexray.explain import cam, cam_gallery, layer_selection, localization
 from assurexray.reporting.render import SYNTHETIC_BANNER, header, render
@@ -148,21 +149,27 @@ def test_road_morf_drops_more_than_lerf_and_is_seeded(toy):
     again = cam.road_scores(toy, dataset, maps, boxes, targets, **kwargs)
     np.testing.assert_array_equal(road["morf"], again["morf"])
     np.testing.assert_array_equal(road["lerf"], again["lerf"])
-    summary = cam.road_summary(road, [50, 80], bootstrap_iterations=200, ci_level=0.9, seed=1)
+    four_patients = GroupedResampling(np.arange(4), np.zeros(4, int), 200, 0.9, 1)
+    summary = cam.road_summary(road, [50, 80], four_patients)
     assert summary["n"] == 4 and summary["combined"] > 0
     assert summary["morf"]["80"] == pytest.approx(road["morf"][1].mean())
     assert summary["combined_ci_low"] <= summary["combined"] <= summary["combined_ci_high"]
     assert summary["ci_level"] == 0.9
-    assert cam.road_summary(road, [50, 80], 200, 0.9, seed=1) == summary   # seeded
+    assert cam.road_summary(road, [50, 80], four_patients) == summary   # seeded
 
 
-def test_road_summary_interval_spans_the_images_and_needs_two():
+def patients(n: int, iterations: int = 200) -> GroupedResampling:
+    """One patient per image."""
+    return GroupedResampling(np.arange(n), np.zeros(n, int), iterations, 0.95, 0)
+
+
+def test_road_summary_interval_spans_the_patients_and_needs_two():
     road = {"morf": np.array([[-0.4, -0.2, 0.0, -0.6]]), "lerf": np.array([[0.0, 0.0, 0.0, 0.0]])}
-    summary = cam.road_summary(road, [50], bootstrap_iterations=500)
+    summary = cam.road_summary(road, [50], patients(4, iterations=500))
     per_image = np.array([0.2, 0.1, 0.0, 0.3])
     assert summary["combined"] == pytest.approx(per_image.mean())
     assert 0.0 <= summary["combined_ci_low"] < summary["combined"] < summary["combined_ci_high"] <= 0.3
-    one = cam.road_summary({k: v[:, :1] for k, v in road.items()}, [50])
+    one = cam.road_summary({k: v[:, :1] for k, v in road.items()}, [50], patients(1))
     assert one["n"] == 1 and one["combined_ci_low"] is None and one["combined_ci_high"] is None
 
 
@@ -283,7 +290,7 @@ def test_summary_page_links_the_gallery_and_warns(tmp_path):
                "localization": {t: localization.grouped_summary(
                    [score, score], ["Benign", "Malignant"], [True, False],
                    ["Normal", "Benign", "Malignant"]) for t in ("true_class", "predicted_class")},
-               "faithfulness": {"road": cam.road_summary(road, [50])}}
+               "faithfulness": {"road": cam.road_summary(road, [50], patients(2))}}
     cases = cam_gallery.select_cases(_predictions(), per_class=1)
     summary = tmp_path / "docs" / "gradcam_summary.md"
 
@@ -299,10 +306,11 @@ def test_summary_page_links_the_gallery_and_warns(tmp_path):
     links = re.findall(r"\]\(([^)]+\.png)\)", text)
     assert len(links) == len(cases) and links[0] == "../plots/gallery/normal_tp_1.png"
     assert "layer `layer4.1`" in text and "validation pointing game (n = 7" in text
-    assert "**0.087** (95% interval 0.050 to 0.125, percentile bootstrap over images)" in text
+    assert ("**0.087** (95% interval 0.050 to 0.125, grouped stratified percentile bootstrap) on "
+            "n = 2 images of 2 patient groups") in text
     sparse = {**metrics, "localization": {t: {**g, "incorrect": {"n": 0, "pointing_game": float("nan")}}
                                           for t, g in metrics["localization"].items()}}
-    assert "| incorrect | 0 | - | - | - | - | - |" in page("synthetic", sparse)  # an empty subset
+    assert "| incorrect | 0 | n/a | n/a | n/a | n/a | n/a |" in page("synthetic", sparse)  # empty
     assert "synthetic" not in page("btxrd").lower()
     # no annotated test image: the stage writes "not applicable" records, the page gives why
     na = not_applicable("none of the 9 test images has a box")

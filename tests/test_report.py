@@ -108,7 +108,10 @@ def loc_summary(n, pointing, chance):
             "iou_box": 0.2, "iou_polygon": None, "n_polygon": 0, "n_empty_cam": 0}
 
 
-LOCALIZATION = {"overall": loc_summary(40, 0.55, 0.18),
+OVERALL_INTERVALS = {  # the explain stage's grouped intervals (energy and IoU left out: plain)
+    "pointing_game": {"value": 0.55, "ci_low": 0.38, "ci_high": 0.71, "count": 22, "n": 40},
+    "pointing_vs_chance": {"value": 3.06, "ci_low": 2.1, "ci_high": 4.0}}
+LOCALIZATION = {"overall": {**loc_summary(40, 0.55, 0.18), "intervals": OVERALL_INTERVALS},
                 "by_class": {"Benign": loc_summary(30, 0.6, 0.2),
                              "Malignant": loc_summary(10, 0.4, 0.12)},
                 "correct": loc_summary(25, 0.64, 0.19), "incorrect": {"n": 0}}
@@ -166,7 +169,10 @@ METRICS = {
         "localization": {"true_class": LOCALIZATION, "predicted_class": LOCALIZATION},
         "faithfulness": {"road": {"n": 40, "percentiles": [20, 80],
                                   "morf": {"20": -0.2, "80": -0.1},
-                                  "lerf": {"20": -0.05, "80": 0.0}, "combined": 0.0625}},
+                                  "lerf": {"20": -0.05, "80": 0.0}, "combined": 0.0625,
+                                  "combined_ci_low": 0.01, "combined_ci_high": 0.11,
+                                  "n_groups": 31, "ci_level": 0.95,
+                                  "ci_method": "grouped stratified percentile bootstrap"}},
         "gallery": {"n_images": 9}},
     "analysis.json": ANALYSIS,
     "seed_spread.json": SEED_SPREAD,
@@ -259,7 +265,11 @@ def test_figures_come_from_the_files(project):
     assert "backbone `mobilenetv3_small_100`" in card and "temperature 1.732" in card
     assert "| gaussian_blur | 2 | sigma 3 | 0.610 | 0.200 |" in report
     assert "largest drop **0.200** under gaussian_blur@2" in report
-    assert "| all | 40 | 0.550 | 0.180 | above chance (x3.06) |" in report
+    assert ("| all | 40 | 0.550 (0.380-0.710), 22/40 | 0.180 | above chance (x3.06, interval "
+            "2.10-4.00) | 0.300 |") in report
+    assert "| true Malignant | 10 | 0.400 | 0.120 | above chance (x3.33) |" in report  # no interval
+    assert "n 40, 31 patient groups): combined score **0.062 (0.010-0.110)**" in report
+    assert "pointing game **0.550 (0.380-0.710), 22/40** vs chance 0.180" in card
     # published references are present and labelled as such
     for doc in (card, report):
         assert "published references, not results of this run" in doc

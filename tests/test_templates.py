@@ -36,9 +36,12 @@ CONTEXTS = {
         layer_selection={"selected_layer": "blocks.5", "selected_by": "validation pointing game",
                          "n_validation": 3},
         localization=[("CAM of the true class",
-                       [{"name": "all", "n": 2, "values": [1.0, 0.5, 0.1, None, 0.25]}])],
+                       [{"name": "all", "n": 2, "values": [
+                           {"value": 1.0, "ci_low": 0.16, "ci_high": 1.0, "count": 2, "n": 2},
+                           {"value": 0.5, "ci_low": 0.2, "ci_high": 0.8}, {"value": 0.1},
+                           {"value": None}, {"value": 0.25}]}])],
         road={"combined": 0.125, "combined_ci_low": None, "combined_ci_high": None, "ci_level": 0.95,
-              "ci_method": "percentile bootstrap over images", "n": 2, "percentiles": [20, 80],
+              "ci_method": "grouped bootstrap", "n": 2, "n_groups": 2, "percentiles": [20, 80],
               "morf": [-0.2, None], "lerf": [0.0, 0.1]},
         gallery=[{"name": "Malignant", "kinds": [("true positive", [("m_tp_1.png", "g/m_tp_1.png")]),
                                                  ("false positive", [])]}]),
@@ -76,7 +79,8 @@ def test_every_document_renders_from_a_small_context(template):
     assert text.endswith("\n") and not text.endswith("\n\n") and "\n\n\n" not in text
     assert "None" not in text and "nan" not in text.split()
     if template == "gradcam_summary.md.j2":
-        assert "| all | 2 | 1.000 | 0.500 | 0.100 | - | 0.250 |" in text
+        assert "| all | 2 | 1.000 (0.160-1.000), 2/2 | 0.500 (0.200-0.800) | 0.100 | n/a | 0.250 |" in text
+        assert "on n = 2 images of 2 patient groups" in text
         assert "| MoRF | -0.200 | - |" in text and "**false positives** (0): none" in text
     if template == "data_audit.md.j2":
         assert "| zero-byte image | 1 |" in text and "| kind | images |\n| --- | --- |\n| (none) |  |" in text

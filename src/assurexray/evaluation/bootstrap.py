@@ -13,7 +13,8 @@ a zero-width interval at 0 or 1, so they get the grouped Clopper-Pearson interva
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +78,18 @@ def read_predictions(path: str | Path, classes: list[str], groups: pd.Series,
         raise ValueError(f"{path}: classes {table.classes} differ from dataset.json {classes}")
     if not len(table.image_ids):
         raise ValueError(f"{path}: no predictions")
-    unknown = ~pd.Series(table.image_ids).isin(groups.index)
-    if unknown.any():
-        raise ValueError(f"{path}: {unknown.sum()} image(s) have no patient group in groups.csv, "
-                         f"e.g. {table.image_ids[unknown.to_numpy()][0]!r}")
     return Predictions(table.image_ids, table.y_true, table.y_pred, table.probs(temperature),
-                       groups.loc[table.image_ids].to_numpy())
+                       groups_of(table.image_ids, groups, path))
+
+
+def groups_of(image_ids: np.ndarray, groups: pd.Series, source) -> np.ndarray:
+    """The patient group of each image (``groups``: ``read_groups``); an image without one
+    is an error naming ``source``, the file the images came from."""
+    unknown = ~pd.Series(image_ids).isin(groups.index)
+    if unknown.any():
+        raise ValueError(f"{source}: {unknown.sum()} image(s) have no patient group in groups.csv, "
+                         f"e.g. {np.asarray(image_ids)[unknown.to_numpy()][0]!r}")
+    return groups.loc[image_ids].to_numpy()
 
 
 def group_strata(groups: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +151,45 @@ def summarize(values: np.ndarray, ci_level: float) -> dict:
     low, high = np.percentile(valid, [alpha, 100 - alpha])
     return {"value": float(point), "ci_low": float(low), "ci_high": float(high),
             "valid_resamples": int(len(valid))}
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted mean of ``values`` for every weight row; NaN where a row weighs nothing."""
+    return ratio(weights @ np.asarray(values, float), weights.sum(axis=1))
+
+
+@dataclass(frozen=True)
+class GroupedResampling:
+    """A grouped stratified bootstrap over a set of images, for statistics other than the
+    main metrics (localization scores, ECE, ROAD): each image's patient group and stratum
+    (e.g. its true class index), with the iterations, interval level and seed."""
+    groups: np.ndarray
+    strata: np.ndarray
+    iterations: int
+    ci_level: float
+    seed: int
+
+    def subset(self, keep: np.ndarray) -> GroupedResampling:
+        return replace(self, groups=self.groups[keep], strata=self.strata[keep])
+
+    def interval(self, statistic: Callable[[np.ndarray], np.ndarray]) -> dict:
+        """``summarize`` of ``statistic`` (weight rows (1 + B, n) -> values (1 + B,)) with n
+        and n_groups; no interval from fewer than two groups, whose resamples can only
+        repeat the sample (a zero-width interval claiming certainty)."""
+        n_groups = len(np.unique(self.groups))
+        if not n_groups:
+            return {"value": None, "ci_low": None, "ci_high": None, "valid_resamples": 0,
+                    "n": 0, "n_groups": 0}
+        weights = bootstrap_weights(self.groups, np.asarray(self.strata, int), self.iterations,
+                                    self.seed)
+        out = summarize(statistic(weights), self.ci_level)
+        if n_groups < 2:
+            out.update(ci_low=None, ci_high=None)
+        return {**out, "n": len(self.groups), "n_groups": n_groups}
+
+    def mean_interval(self, values: np.ndarray) -> dict:
+        """Interval of values.mean() (values aligned with the groups)."""
+        return self.interval(lambda weights: weighted_mean(values, weights))
 
 
 def bootstrap_metrics(preds: Predictions, classes: list[str], n_iter: int, ci_level: float,

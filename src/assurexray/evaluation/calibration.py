@@ -17,10 +17,19 @@ from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from assurexray.evaluation.bootstrap import BOOTSTRAP, GroupedResampling
+from assurexray.evaluation.metrics import ratio
+
 log = logging.getLogger(__name__)
 
 # Search range for log T: T in [0.05, 20] covers any plausible over/under-confidence.
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
+
+
+def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """The bin of each confidence: ``n_bins`` equal-width, right-open bins, 1.0 in the last."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
 
 
 def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
@@ -28,7 +37,7 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int) -> dict
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    index = bin_index(confidence, n_bins)
     count = np.bincount(index, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(index, confidence, n_bins) / count
@@ -42,6 +51,32 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
     bins = reliability_bins(probs, y_true, n_bins)
     gap = np.abs(bins["accuracy"] - bins["confidence"])
     return float(np.nansum(gap * bins["count"]) / len(y_true))
+
+
+def weighted_ece(probs: np.ndarray, y_true: np.ndarray, n_bins: int,
+                 weights: np.ndarray) -> np.ndarray:
+    """Top-label ECE for every row of ``weights`` ((B, n)), images counted by their weight:
+    sum over bins of |weighted sum of (correct - confidence)| over the total weight, which is
+    ``expected_calibration_error`` for a row of ones."""
+    confidence = probs.max(axis=1)
+    gap = (probs.argmax(axis=1) == y_true) - confidence
+    in_bin = np.eye(n_bins)[bin_index(confidence, n_bins)]
+    return ratio(np.abs(weights @ (in_bin * gap[:, None])).sum(axis=1), weights.sum(axis=1))
+
+
+def ece_interval(probs: np.ndarray, y_true: np.ndarray, n_bins: int,
+                 resampling: GroupedResampling) -> dict:
+    """ECE with its grouped bootstrap interval (``resampling`` aligned with the images)."""
+    return resampling.interval(lambda weights: weighted_ece(probs, y_true, n_bins, weights))
+
+
+def ece_before_after(probs_before: np.ndarray, probs_after: np.ndarray, y_true: np.ndarray,
+                     n_bins: int, temperature: float, resampling: GroupedResampling) -> dict:
+    """The ECE before and after temperature scaling, each with its grouped interval over the
+    same resamples."""
+    return {"temperature": temperature, "n_bins": n_bins, "method": BOOTSTRAP,
+            "ece": {name: ece_interval(probs, y_true, n_bins, resampling)
+                    for name, probs in (("before", probs_before), ("after", probs_after))}}
 
 
 def maximum_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int) -> float:

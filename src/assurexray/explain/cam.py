@@ -16,11 +16,11 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
-from scipy import stats
 from torch.utils.data import DataLoader, Dataset
 
 from assurexray.console import progress
 from assurexray.data.datasets import CachedDataset
+from assurexray.evaluation.bootstrap import BOOTSTRAP, GroupedResampling
 from assurexray.training.models import cam_reshape_transform, cam_target_layer
 
 # The CAM method registry (params.explain.method, `assurexray predict --cam-method`): name ->
@@ -163,28 +163,25 @@ def seeded_subset(n: int, max_images: int, seed: int) -> np.ndarray:
 
 
 def road_summary(road: dict[str, np.ndarray], percentiles: Sequence[int],
-                 bootstrap_iterations: int = 1000, ci_level: float = 0.95, seed: int = 0) -> dict:
+                 resampling: GroupedResampling) -> dict:
     """Mean confidence change per percentile, and ROAD's combined score: the mean over images
     of each image's mean over percentiles of (LeRF - MoRF) / 2 (higher = more faithful; 0 = no
-    better than chance), with a percentile bootstrap interval over the images (scipy; None
-    below two images)."""
+    better than chance), with a grouped bootstrap interval (``resampling``, aligned with the
+    images: whole patient groups resampled, views of one patient not being independent; None
+    below two groups)."""
     per_image = ((road["lerf"] - road["morf"]) / 2).mean(axis=0)
-    low = high = None
-    if len(per_image) >= 2:
-        interval = stats.bootstrap((per_image,), np.mean, n_resamples=bootstrap_iterations,
-                                   confidence_level=ci_level, method="percentile",
-                                   random_state=seed).confidence_interval
-        low, high = float(interval.low), float(interval.high)
+    interval = resampling.mean_interval(per_image)
     return {
         "n": int(road["morf"].shape[1]),
         "percentiles": [int(p) for p in percentiles],
         "morf": {str(p): float(v) for p, v in zip(percentiles, road["morf"].mean(axis=1))},
         "lerf": {str(p): float(v) for p, v in zip(percentiles, road["lerf"].mean(axis=1))},
+        "n_groups": interval["n_groups"],
         "combined": float(per_image.mean()),
-        "combined_ci_low": low,
-        "combined_ci_high": high,
-        "ci_level": ci_level,
-        "ci_method": "percentile bootstrap over images",
+        "combined_ci_low": interval["ci_low"],
+        "combined_ci_high": interval["ci_high"],
+        "ci_level": resampling.ci_level,
+        "ci_method": BOOTSTRAP,
         "pixels": "letterbox content only",
     }
 

@@ -138,18 +138,25 @@ def summary_context(metrics: dict, cases: Sequence[Case], gallery_dir: str | Pat
          (("true_class", "CAM of the true class"), ("predicted_class", "CAM of the predicted class"))],
         "road": None if not applies(road) else
         {key: road[key] for key in ("combined", "combined_ci_low", "combined_ci_high", "ci_level",
-                                    "ci_method", "n", "percentiles")} |
+                                    "ci_method", "n", "n_groups", "percentiles")} |
         {curve: [road[curve][str(p)] for p in road["percentiles"]] for curve in ("morf", "lerf")},
         "gallery": _gallery(cases, rel)}
 
 
 def _localization_rows(groups: dict) -> list[dict]:
-    """One row per subset; a figure the subset cannot define (n = 0) is None."""
+    """One row per subset, each figure as {value, ci_low, ci_high} (its grouped interval when
+    the metrics hold one; the pointing game's with count and n); a figure the subset cannot
+    define (n = 0) has value None."""
     subsets = [("all", groups["overall"]), *((f"true {c}", g) for c, g in groups["by_class"].items()),
                ("correct", groups["correct"]), ("incorrect", groups["incorrect"])]
     keys = ("pointing_game", "energy_pointing", "chance", "iou_box", "iou_polygon")
-    return [{"name": name, "n": g["n"], "values": [g.get(k) if g["n"] else None for k in keys]}
+    return [{"name": name, "n": g["n"], "values": [_cell(g, k) for k in keys]}
             for name, g in subsets]
+
+
+def _cell(summary: dict, key: str) -> dict:
+    interval = (summary.get("intervals") or {}).get(key)
+    return interval or {"value": summary.get(key) if summary["n"] else None}
 
 
 def _gallery(cases: Sequence[Case], rel: str) -> list[dict]:

@@ -18,6 +18,11 @@ Scores per image (CAM and masks in the model-input frame):
   is drawn from the unpadded image only; it is the chance level of both games.
 - IoU of the CAM thresholded at ``threshold`` x max against the union box mask and against the
   union polygon mask (NaN when no lesion of the image has a polygon).
+
+Given the images' patient groups (a ``GroupedResampling``), each summary also carries intervals
+that respect them: the pointing game, a proportion, gets the grouped Clopper-Pearson interval
+of ``evaluation.proportions``; the mean energy, IoUs and the pointing game over chance (the
+ratio of the two means) get the grouped stratified bootstrap.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ import numpy as np
 from scipy import ndimage
 
 from assurexray.data.cache import content_boxes
+from assurexray.evaluation import proportions
+from assurexray.evaluation.bootstrap import BOOTSTRAP, GroupedResampling
+from assurexray.evaluation.metrics import ratio
 
 PLATEAU_TOL = 1e-6
 _POLY_SHIFT = 4  # cv2.fillPoly fixed-point bits: vertices keep 1/16 pixel precision
@@ -153,17 +161,26 @@ def score_cam(cam: np.ndarray, lesions: Sequence[dict], content_box: Sequence[fl
     )
 
 
-def summarize(scores: Sequence[LocalizationScore]) -> dict:
-    """Means over images; ``iou_polygon`` over the ``n_polygon`` images that have polygons.
+# The interval method of each key of a summary's "intervals".
+INTERVAL_METHODS = {"pointing_game": proportions.METHOD,
+                    **dict.fromkeys(("energy_pointing", "iou_box", "iou_polygon",
+                                     "pointing_vs_chance"), BOOTSTRAP)}
+
+
+def summarize(scores: Sequence[LocalizationScore],
+              resampling: GroupedResampling | None = None) -> dict:
+    """Means over images; ``iou_polygon`` over the ``n_polygon`` images that have polygons;
+    with ``resampling`` (aligned with ``scores``) their grouped ``intervals`` too.
 
     An empty group keeps every key (means None), so metric files diff key by key.
     """
     if not scores:
         return {"n": 0, **dict.fromkeys(["pointing_game", "energy_pointing", "chance", "iou_box",
-                                         "iou_polygon"]), "n_polygon": 0, "n_empty_cam": 0}
+                                         "iou_polygon"]), "n_polygon": 0, "n_empty_cam": 0,
+                **({"intervals": None} if resampling else {})}
     table = {k: np.array([asdict(s)[k] for s in scores], dtype=float) for k in asdict(scores[0])}
     has_poly = ~np.isnan(table["iou_polygon"])
-    return {
+    means = {
         "n": len(scores),
         "pointing_game": float(table["pointing"].mean()),
         "energy_pointing": float(table["energy"].mean()),
@@ -173,16 +190,37 @@ def summarize(scores: Sequence[LocalizationScore]) -> dict:
         "n_polygon": int(has_poly.sum()),
         "n_empty_cam": int(table["empty_cam"].sum()),
     }
+    return {**means, "intervals": score_intervals(table, resampling)} if resampling else means
+
+
+def score_intervals(table: dict[str, np.ndarray], resampling: GroupedResampling) -> dict:
+    """The pointing game's grouped exact interval (with its count and n) and grouped bootstrap
+    intervals of the mean energy, IoUs (polygon: over the images that have one) and of the
+    pointing game over its chance level."""
+    has_poly = ~np.isnan(table["iou_polygon"])
+    return {
+        "pointing_game": proportions.proportion_interval(table["pointing"] > 0, resampling.groups,
+                                                         resampling.ci_level),
+        "energy_pointing": resampling.mean_interval(table["energy"]),
+        "iou_box": resampling.mean_interval(table["iou_box"]),
+        "iou_polygon": (resampling.subset(has_poly).mean_interval(table["iou_polygon"][has_poly])
+                        if has_poly.any() else None),
+        "pointing_vs_chance": resampling.interval(
+            lambda weights: ratio(weights @ table["pointing"], weights @ table["chance"])),
+    }
 
 
 def grouped_summary(scores: Sequence[LocalizationScore], true_labels: Sequence[str],
-                    correct: Sequence[bool], classes: Sequence[str]) -> dict:
+                    correct: Sequence[bool], classes: Sequence[str],
+                    resampling: GroupedResampling | None = None) -> dict:
     """Summaries overall, by true class (in ``classes`` order, those present) and for correct
-    vs incorrect predictions."""
+    vs incorrect predictions; with ``resampling`` (aligned with ``scores``), their intervals."""
     def pick(keep):
-        return summarize([s for s, k in zip(scores, keep) if k])
+        keep = np.asarray(keep, dtype=bool)
+        return summarize([s for s, k in zip(scores, keep) if k],
+                         resampling.subset(keep) if resampling else None)
     return {
-        "overall": summarize(scores),
+        "overall": pick(np.ones(len(scores), dtype=bool)),
         "by_class": {c: pick([t == c for t in true_labels]) for c in classes if c in set(true_labels)},
         "correct": pick(correct),
         "incorrect": pick([not c for c in correct]),
@@ -192,7 +230,8 @@ def grouped_summary(scores: Sequence[LocalizationScore], true_labels: Sequence[s
 def localization_summary(cams: np.ndarray, lesions: Sequence[Sequence[dict]],
                          content_boxes: Sequence[Sequence[float]], threshold: float,
                          true_labels: Sequence[str], correct: Sequence[bool],
-                         classes: Sequence[str]) -> dict:
+                         classes: Sequence[str],
+                         resampling: GroupedResampling | None = None) -> dict:
     """Score every CAM against its own lesions and content box, then ``grouped_summary``."""
     scores = [score_cam(m, les, box, threshold) for m, les, box in zip(cams, lesions, content_boxes)]
-    return grouped_summary(scores, true_labels, correct, classes)
+    return grouped_summary(scores, true_labels, correct, classes, resampling)

@@ -112,8 +112,8 @@ def context(inputs: Inputs) -> dict:
             analysis.data, sections.run_spread(i.seed_spread, analysis)), analysis),
         "operating_points": guarded(lambda: sections.operating_points(analysis.data), analysis),
         "factors": guarded(lambda: factors(analysis.data), analysis),
-        "calibration": guarded(lambda: sections.calibration_summary(i.calibration.data),
-                               i.calibration),
+        "calibration": guarded(lambda: sections.calibration_summary(
+            i.calibration.data, analysis.data if analysis.available else None), i.calibration),
         "robustness": guarded(lambda: sections.robustness_summary(i.robustness.data),
                               i.robustness),
         "gradcam": guarded(lambda: sections.gradcam_summary(i.explain.data), i.explain),

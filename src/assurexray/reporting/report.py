@@ -73,13 +73,17 @@ def evaluation(evaluate: dict) -> dict:
             "notes": [f"{p}: {n}" for p in parts for n in evaluate[p]["notes"]]}
 
 
-def calibration(cal: dict) -> dict:
+def calibration(cal: dict, analysis: dict | None = None) -> dict:
+    """Calibration metrics before and after scaling; the test ECE with analyze's grouped
+    interval when ``analysis`` holds it."""
     cols = [(p, s) for p in ("val", "test") for s in ("before", "after")]
-    names = (("ece", "ECE"), ("mce", "MCE"), ("brier", "Brier score"), ("nll", "NLL"),
-             ("accuracy", "accuracy"))
+    names = (("mce", "MCE"), ("brier", "Brier score"), ("nll", "NLL"), ("accuracy", "accuracy"))
+    ece = ["ECE", *(sections.ece_text(cal[p][s]["ece"], s, analysis if p == "test" else None, 4)
+                    for p, s in cols)]
     return {"temperature": cal["temperature"], "n_bins": cal["n_bins"],
             "header": ["metric", *(f"{p} {s}" for p, s in cols)],
-            "rows": [[name, *(num(cal[p][s][k], 4) for p, s in cols)] for k, name in names]}
+            "rows": [ece, *([name, *(num(cal[p][s][k], 4) for p, s in cols)]
+                            for k, name in names)]}
 
 
 SUBGROUP_METRICS = (("macro_auc", "macro AUC"), ("accuracy", "accuracy"),
@@ -116,8 +120,9 @@ def localization_rows(groups: dict) -> list[list]:
     subsets = [("all", groups["overall"]),
                *((f"true {c}", g) for c, g in groups["by_class"].items()),
                ("correct", groups["correct"]), ("incorrect", groups["incorrect"])]
-    return [[name, g["n"], num(g.get("pointing_game")), num(g.get("chance")), sections.vs_chance(g),
-             num(g.get("energy_pointing")), num(g.get("iou_box")), num(g.get("iou_polygon"))]
+    return [[name, g["n"], sections.with_interval(g, "pointing_game"), num(g.get("chance")),
+             sections.vs_chance(g),
+             *(sections.with_interval(g, k) for k in ("energy_pointing", "iou_box", "iou_polygon"))]
             for name, g in subsets]
 
 
@@ -130,7 +135,11 @@ def gradcam(explain: dict) -> dict:
             [(title, localization_rows(loc[target])) for target, title in
              (("true_class", "CAM of the true class"),
               ("predicted_class", "CAM of the predicted class"))],
-            "road": None if not applies(road) else {"n": road["n"], "combined": road["combined"]},
+            "road": None if not applies(road) else
+            {"n": road["n"], "n_groups": road.get("n_groups"), "level": road["ci_level"],
+             "method": road["ci_method"],
+             "combined": ci({"value": road["combined"], "ci_low": road["combined_ci_low"],
+                             "ci_high": road["combined_ci_high"]})},
             "summary": sections.gradcam_summary(explain)}
 
 
@@ -156,7 +165,9 @@ def context(inputs: Inputs, doc_dir: Path) -> dict:
         "headline": guarded(lambda: sections.headline(
             i.analysis.data, sections.run_spread(i.seed_spread, i.analysis)), i.analysis),
         "evaluation": guarded(lambda: evaluation(i.evaluate.data), i.evaluate),
-        "calibration": guarded(lambda: calibration(i.calibration.data), i.calibration),
+        "calibration": guarded(lambda: calibration(
+            i.calibration.data, i.analysis.data if i.analysis.available else None),
+            i.calibration),
         "operating_points": guarded(lambda: sections.operating_points(i.analysis.data),
                                     i.analysis),
         "subgroups": guarded(lambda: subgroups(i.subgroups.data, i.analysis), i.subgroups),

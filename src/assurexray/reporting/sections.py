@@ -174,11 +174,20 @@ def operating_points(analysis: dict) -> dict:
             "scales": scales}
 
 
-def calibration_summary(cal: dict) -> dict:
+def calibration_summary(cal: dict, analysis: dict | None = None) -> dict:
+    """Temperature, test ECE before and after scaling (as text, with the grouped interval
+    the analyze stage measured when ``analysis`` holds it) and test NLL."""
     test = cal["test"]
     return {"temperature": cal["temperature"], "n_bins": cal["n_bins"],
-            "ece": [test["before"]["ece"], test["after"]["ece"]],
+            "ece": [ece_text(test[s]["ece"], s, analysis) for s in ("before", "after")],
             "nll": [test["before"]["nll"], test["after"]["nll"]]}
+
+
+def ece_text(value: float, scaling: str, analysis: dict | None, digits: int = 3) -> str:
+    """The test ECE ``before`` or ``after`` scaling, with analyze's grouped interval (same
+    temperature, so the same value) when there is one."""
+    interval = ((analysis or {}).get("calibration") or {}).get("ece", {}).get(scaling)
+    return ci(interval) if interval else num(value, digits)
 
 
 def robustness_summary(rob: dict) -> dict:
@@ -187,12 +196,26 @@ def robustness_summary(rob: dict) -> dict:
 
 
 def vs_chance(g: dict) -> str:
+    """Pointing game against its chance level. With the grouped interval of their ratio, the
+    claim 'above chance' needs the whole interval above 1, and the ratio is quoted with it."""
     if not g["n"] or not defined(g.get("pointing_game")):
         return "n/a"
+    ratio = (g.get("intervals") or {}).get("pointing_vs_chance")
+    if ratio and defined(ratio.get("ci_low")):
+        times = f"x{num(ratio['value'], 2)}, interval {num(ratio['ci_low'], 2)}-{num(ratio['ci_high'], 2)}"
+        if ratio["ci_low"] > 1:
+            return f"above chance ({times})"
+        return f"not shown above chance ({times})" if ratio["value"] > 1 else "not above chance"
     if g["pointing_game"] > g["chance"]:
-        ratio = f" (x{num(g['pointing_game'] / g['chance'], 2)})" if g["chance"] else ""
-        return "above chance" + ratio
+        times = f" (x{num(g['pointing_game'] / g['chance'], 2)})" if g["chance"] else ""
+        return "above chance" + times
     return "not above chance"
+
+
+def with_interval(g: dict, key: str) -> str:
+    """A localization figure of summary ``g``, with its grouped interval when it has one."""
+    interval = (g.get("intervals") or {}).get(key)
+    return ci(interval) if interval else num(g.get(key))
 
 
 def gradcam_summary(explain: dict) -> dict:
@@ -203,10 +226,11 @@ def gradcam_summary(explain: dict) -> dict:
     if not applies(loc):
         return {**base, "localized": False, "reason": loc["reason"]}
     o, good, bad = (loc["true_class"][k] for k in ("overall", "correct", "incorrect"))
-    return {**base, "localized": True, "pointing_game": o.get("pointing_game"),
+    return {**base, "localized": True, "pointing_game": with_interval(o, "pointing_game"),
             "chance": o.get("chance"), "vs_chance": vs_chance(o),
-            "energy": o.get("energy_pointing"), "correct": [good.get("pointing_game"), good["n"]],
-            "incorrect": [bad.get("pointing_game"), bad["n"]]}
+            "energy": with_interval(o, "energy_pointing"),
+            "correct": [with_interval(good, "pointing_game"), good["n"]],
+            "incorrect": [with_interval(bad, "pointing_game"), bad["n"]]}
 
 
 # --------------------------------------------------------------------------- caveats
@@ -250,9 +274,10 @@ def _gradcam_caveat(explain: dict) -> list[str]:
     overall = explain["localization"]["true_class"]["overall"]
     if not overall["n"] or not defined(overall.get("pointing_game")):
         return []
-    if overall["pointing_game"] <= overall["chance"]:
-        return [f"- Grad-CAM pointing game {num(overall['pointing_game'])} does not beat its "
-                f"chance level {num(overall['chance'])}: the maps do not show that the model "
-                "looks at the lesion."]
+    verdict = vs_chance(overall)
+    if not verdict.startswith("above"):
+        return [f"- Grad-CAM pointing game {with_interval(overall, 'pointing_game')} is "
+                f"{verdict.split(' (')[0]} (chance level {num(overall['chance'])}): the maps do "
+                "not show that the model looks at the lesion."]
     return []
 
