@@ -303,6 +303,62 @@ def test_dicom_bomb_guard(tmp_path):
         read_image(path, max_pixels=1000)
 
 
+# ---- decoded-size limit and the memory of deep images ------------------------------------
+
+def test_deep_image_refused_by_its_decoded_bytes(tmp_path):
+    """A small file of a large 16-bit image: under the pixel limit, over the bytes limit."""
+    Image.fromarray(np.zeros((2000, 3000), np.uint16)).save(tmp_path / "deep.png")
+    assert (tmp_path / "deep.png").stat().st_size < 100_000
+    with pytest.raises(ImageReadError, match=r"^deep\.png: decompression bomb: 3000 x 2000 px x 2 "
+                                             r"byte\(s\) = 11 MiB decoded > limit 8 MiB"):
+        read_image(tmp_path / "deep.png", max_pixels=10**8, max_bytes=8 * 2**20)
+    Image.fromarray(np.zeros((2000, 3000), np.uint8)).save(tmp_path / "shallow.png")
+    assert read_image(tmp_path / "shallow.png", max_bytes=8 * 2**20).shape == (2000, 3000)
+
+
+def test_dicom_decoded_bytes_count_samples_and_bits(tmp_path):
+    path = write_dicom(tmp_path / "deep.dcm", np.zeros((300, 400), np.uint16))
+    with pytest.raises(ImageReadError, match=r"400 x 300 px x 2 byte\(s\)"):
+        read_image(path, max_bytes=200_000)
+    assert read_image(path, max_bytes=240_000).shape == (300, 400)
+
+
+def test_deep_image_stretch_takes_no_float_copy_of_the_image(tmp_path):
+    """numpy's and Python's allocations while a 4000 x 4000 16-bit PNG is read stay near its
+    8-bit result (16 MB): a float64 copy of the image alone would be 128 MB."""
+    import tracemalloc
+
+    values = np.zeros((4000, 4000), np.uint16)
+    values[::7, ::3] = 4000
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    tracemalloc.start()
+    try:
+        out = read_image(tmp_path / "deep.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out[0, 0] == 255 and out[1, 1] == 0
+    assert peak < values.size * 1 + 48 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_blockwise_stretch_equals_the_whole_image_rule(tmp_path, monkeypatch, mode):
+    """Many blocks of rows give the very numbers of one min-max over the whole image."""
+    import assurexray.data.imageio as imageio
+
+    values = RNG.normal(3000, 900, (61, 37)).clip(0, 65535)
+    values = values.astype(np.uint16) if mode == "I;16" else values.astype(np.float32)
+    if mode == "F":
+        values[3, 4], values[9, 9] = np.nan, np.inf
+    Image.fromarray(values).save(tmp_path / "a.tiff")
+    monkeypatch.setattr(imageio, "STRETCH_BLOCK", 100)   # 3 rows per block
+    finite = np.isfinite(values.astype(np.float64))
+    lo, hi = values[finite].min(), values[finite].max()
+    expected = np.zeros(values.shape, np.uint8)
+    expected[finite] = np.rint((values[finite].astype(np.float64) - lo) * (255.0 / (hi - lo)))
+    assert np.array_equal(read_image(tmp_path / "a.tiff"), expected)
+
+
 # ---- image_size agrees with read_image ---------------------------------------------------
 
 def test_image_size_matches_read_image(tmp_path):

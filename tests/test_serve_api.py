@@ -25,6 +25,7 @@ from test_predict import write_mono1_dicom
 
 CLASSES = ["Normal", "Benign", "Malignant"]
 LIMITS = ServeParams(max_upload_mb=0.5, max_batch=4, drift_window=20, drift_permutations=50)
+BASE = "http://localhost"   # the guard refuses TestClient's default Host, "testserver"
 
 
 def settings(served, **extra) -> Settings:
@@ -33,7 +34,7 @@ def settings(served, **extra) -> Settings:
 
 
 def started(app) -> TestClient:
-    client = TestClient(app).__enter__()
+    client = TestClient(app, base_url=BASE).__enter__()
     for _ in range(300):
         if client.get("/health").status_code == 200:
             return client
@@ -239,7 +240,7 @@ def test_binding_beyond_loopback_needs_a_key_or_insecure(served_model):
 
 
 def test_503_while_loading_and_when_the_queue_is_full(served_model, client, monkeypatch):
-    loading = TestClient(create_app(settings(served_model)))     # lifespan not run: not loaded
+    loading = TestClient(create_app(settings(served_model)), base_url=BASE)  # lifespan not run
     assert loading.get("/health").status_code == 503
     assert upload(loading, served_model.images[0].read_bytes()).status_code == 503
 

@@ -13,11 +13,18 @@ Conversion rules (deterministic, documented once here):
   on opaque black first: transparent areas become background (0), as on a radiograph.
 - 16-bit and 32-bit integer and float modes (I;16*, I, F) are stretched min-max over the image
   to 0-255; many "16-bit" radiographs store only 10-12 bits, so scaling by the full 16-bit range
-  would leave them nearly black. A flat image becomes all zeros; NaN becomes 0.
+  would leave them nearly black. A flat image becomes all zeros; NaN becomes 0. The stretch runs
+  over blocks of rows, so a deep image costs its decoded pixels plus its 8-bit result, never a
+  float64 copy of the whole image.
 - DICOM: modality LUT/rescale, then VOI LUT or window (pydicom), then min-max to 0-255 (the same
   rule as 16-bit PNG), then MONOCHROME1 is inverted so bone is always bright. Multi-frame files
   give their first frame; colour DICOM is reduced to luma.
 - EXIF orientation is applied (``ImageOps.exif_transpose``).
+- Two limits are checked from the header, before any pixel is decoded: ``max_pixels`` (width x
+  height, the work) and ``max_bytes``, the memory the decoded pixels take (width x height x
+  bytes per pixel: Pillow stores 1 byte for 1/L/P, 2 for I;16, 4 for every other mode; DICOM
+  rows x columns x samples x bytes per sample of one frame). A small compressed file of a
+  huge deep image is refused by the second one.
 - ``read_image_reduced(path, longer_side)`` is the same reader for a caller that shrinks the
   image to ``longer_side`` anyway (the cache, ``predict``): a JPEG is then decoded at the
   smallest DCT scale (1/2, 1/4, 1/8, Pillow's ``draft``) that still leaves both sides at least
@@ -29,6 +36,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +49,10 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from assurexray.errors import AssureXRayError
 
 DEFAULT_MAX_PIXELS = 200_000_000
+DEFAULT_MAX_BYTES = 2**30
+# Values per block of rows when a deep image is stretched to 8 bits (8 MiB as float64).
+STRETCH_BLOCK = 2**20
+LUMA = np.array([0.299, 0.587, 0.114])
 # The file names that folders are scanned for (ingest, predict): what this reader decodes.
 # Reading itself goes by content, so a file named explicitly is read whatever its suffix.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
@@ -67,14 +79,16 @@ class ImageReadError(AssureXRayError):
         super().__init__(f"{self.path.name}: {reason}")
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
     """Decode ``path`` to an (H, W) uint8 grayscale array (see the module doc for the rules).
 
-    The header's width * height is checked against ``max_pixels`` before any pixel is decoded.
-    Pillow also refuses, at open, anything above its own hard limit
-    (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); both come out as ImageReadError.
+    The header's width * height is checked against ``max_pixels`` and the decoded size against
+    ``max_bytes`` before any pixel is decoded. Pillow also refuses, at open, anything above its
+    own hard limit (2 * ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 M pixels); all come out as
+    ImageReadError.
     """
-    return _read(_existing_file(path), max_pixels, None).pixels
+    return _read(_existing_file(path), max_pixels, None, max_bytes).pixels
 
 
 def read_image_reduced(source: str | Path | Upload, longer_side: int,
@@ -96,7 +110,7 @@ class Decoded(NamedTuple):
 
 
 def read_decoded(source: str | Path | Upload, longer_side: int,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Decoded:
     """``read_image_reduced`` plus facts about the file, from the same single read.
 
     ``info``: bits per sample as stored (1, 8, 16, 32) and the DICOM Modality ('' for
@@ -108,8 +122,8 @@ def read_decoded(source: str | Path | Upload, longer_side: int,
     if isinstance(source, Upload):
         if not source.getbuffer().nbytes:
             raise ImageReadError(source.name, "zero-byte file")
-        return _read(source, max_pixels, longer_side)
-    return _read(_existing_file(source), max_pixels, longer_side)
+        return _read(source, max_pixels, longer_side, max_bytes)
+    return _read(_existing_file(source), max_pixels, longer_side, max_bytes)
 
 
 class Upload(io.BytesIO):
@@ -154,18 +168,21 @@ def _pil_info(mode: str, decoded: Image.Image) -> dict:
     return {"bit_depth": bits, "modality": "", "chroma": _chroma(np.asarray(small.convert("RGB")))}
 
 
-def _read(source: Path | Upload, max_pixels: int, longer_side: int | None) -> Decoded:
+def _read(source: Path | Upload, max_pixels: int, longer_side: int | None,
+          max_bytes: int = DEFAULT_MAX_BYTES) -> Decoded:
     if is_dicom(source):
-        return _read_dicom(source, max_pixels, force=False)
+        return _read_dicom(source, max_pixels, max_bytes, force=False)
     try:
         im = _open_pil(source)
     except UnidentifiedImageError:
-        return _read_dicom(source, max_pixels, force=True)
+        return _read_dicom(source, max_pixels, max_bytes, force=True)
     with im:
         _check_pixels(source, im.size, max_pixels)
         stored, full = im.size, _oriented_size(im)
         if longer_side:
             _draft(im, longer_side)
+        # after the draft: a JPEG decoded at a reduced scale takes only the reduced size
+        _check_bytes(source, im.size, _pil_pixel_bytes(im.mode), max_bytes)
         decoded = _decode_pil(source, im)
         img = _pil_to_gray(decoded)
         # A reduced decode is a JPEG, whose header (EXIF included) precedes the pixels, so the
@@ -242,6 +259,20 @@ def _check_pixels(path: Path | Upload, size: tuple[int, int], max_pixels: int) -
         raise ImageReadError(path, f"decompression bomb: {pixels} pixels > limit {max_pixels}")
 
 
+def _check_bytes(path: Path | Upload, size: tuple[int, int], pixel_bytes: int, max_bytes: int) -> None:
+    need = int(size[0]) * int(size[1]) * pixel_bytes
+    if need > max_bytes:
+        raise ImageReadError(path, f"decompression bomb: {size[0]} x {size[1]} px x {pixel_bytes} "
+                                   f"byte(s) = {need / 2**20:.0f} MiB decoded > limit "
+                                   f"{max_bytes / 2**20:.0f} MiB")
+
+
+def _pil_pixel_bytes(mode: str) -> int:
+    """Bytes per pixel of Pillow's decoded image: 1 for 1/L/P, 2 for I;16*, else 4 (Pillow keeps
+    every multi-band or 32-bit mode in 4-byte pixels)."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
 # ---- Pillow ------------------------------------------------------------------------------
 
 def _open_pil(path: Path | Upload) -> Image.Image:
@@ -276,23 +307,38 @@ def _decode_pil(path: Path | Upload, im: Image.Image) -> Image.Image:
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        return _stretch(np.asarray(im))
+        width, height = im.size
+        return _stretch(lambda y0, y1: np.asarray(im.crop((0, y0, width, y1)), dtype=np.float64),
+                        height, width)
     if im.has_transparency_data:
         black = Image.new("RGBA", im.size, (0, 0, 0, 255))
-        im = Image.alpha_composite(black, im.convert("RGBA"))
-    return np.array(im.convert("L"), dtype=np.uint8)
+        im = Image.alpha_composite(black, im if im.mode == "RGBA" else im.convert("RGBA"))
+    # an L image is already grey: converting it would only copy it once more
+    return np.array(im if im.mode == "L" else im.convert("L"), dtype=np.uint8)
 
 
-def _stretch(arr: np.ndarray) -> np.ndarray:
-    """Min-max map the finite values to 0-255 (rounded); flat images and NaN give 0."""
-    arr = np.asarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr)
-    out = np.zeros(arr.shape, dtype=np.uint8)
-    if not finite.any():
-        return out
-    lo, hi = arr[finite].min(), arr[finite].max()
+def _stretch(rows: Callable[[int, int], np.ndarray], height: int, width: int) -> np.ndarray:
+    """Min-max map the finite values to 0-255 (rounded); flat images and NaN give 0.
+
+    ``rows(y0, y1)`` gives rows y0 to y1 as float64. It is called twice per block of
+    ``STRETCH_BLOCK`` values (once for the range, once to map), so the memory is the uint8
+    result plus one block, whatever the depth and size of the image.
+    """
+    step = max(1, STRETCH_BLOCK // max(1, width))
+    spans = [(y, min(y + step, height)) for y in range(0, height, step)]
+    lo, hi = np.inf, -np.inf
+    for y0, y1 in spans:
+        block = rows(y0, y1)
+        finite = block[np.isfinite(block)]
+        if finite.size:
+            lo, hi = min(lo, finite.min()), max(hi, finite.max())
+    out = np.zeros((height, width), dtype=np.uint8)
     if hi > lo:
-        out[finite] = np.rint((arr[finite] - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        scale = 255.0 / (hi - lo)
+        for y0, y1 in spans:
+            block = rows(y0, y1)
+            finite = np.isfinite(block)
+            out[y0:y1][finite] = np.rint((block[finite] - lo) * scale).astype(np.uint8)
     return out
 
 
@@ -317,9 +363,11 @@ def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
     return int(ds.Columns), int(ds.Rows)
 
 
-def _read_dicom(path: Path | Upload, max_pixels: int, force: bool) -> Decoded:
+def _read_dicom(path: Path | Upload, max_pixels: int, max_bytes: int, force: bool) -> Decoded:
     ds = _dicom_dataset(path, force, with_pixels=True)
     _check_pixels(path, _dicom_size(ds), max_pixels)  # before the pixel bytes are decoded
+    sample_bytes = math.ceil(int(ds.get("BitsAllocated", 8)) / 8)
+    _check_bytes(path, _dicom_size(ds), int(ds.get("SamplesPerPixel", 1)) * sample_bytes, max_bytes)
     if not any(tag in ds for tag in PIXEL_DATA_TAGS):
         raise ImageReadError(path, "DICOM without pixel data")
     try:
@@ -333,8 +381,15 @@ def _read_dicom(path: Path | Upload, max_pixels: int, force: bool) -> Decoded:
 
 
 def _dicom_to_gray(ds: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:
+    height, width = frame.shape[:2]
     if frame.ndim == 3:  # colour: pydicom already converted YBR to RGB
-        return _stretch(frame.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
-    values = apply_voi_lut(apply_modality_lut(frame, ds), ds, index=0)
-    out = _stretch(values)
+        return _stretch(lambda y0, y1: frame[y0:y1].astype(np.float64) @ LUMA, height, width)
+
+    def values(y0: int, y1: int) -> np.ndarray:
+        # the modality and VOI LUTs map each value on its own, so blocks of rows give the
+        # same numbers as the whole frame
+        mapped = apply_voi_lut(apply_modality_lut(frame[y0:y1], ds), ds, index=0)
+        return np.asarray(mapped, dtype=np.float64)
+
+    out = _stretch(values, height, width)
     return 255 - out if ds.get("PhotometricInterpretation") == "MONOCHROME1" else out

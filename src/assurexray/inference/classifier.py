@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import softmax
 
 from assurexray.data.cache import letterbox
-from assurexray.data.imageio import DEFAULT_MAX_PIXELS, Upload, read_decoded
+from assurexray.data.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Upload, read_decoded
 from assurexray.evaluation.operating_points import decide
 from assurexray.inference.engines import Engine, load_engine
 from assurexray.inference.features import content_columns, image_stats
@@ -95,9 +95,10 @@ class Classifier:
     def decode_file(self, path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
         return self.prepare(*read_decoded(path, self.meta.cache_size, max_pixels))
 
-    def decode_bytes(self, data: bytes, name: str = "upload",
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepared:
-        return self.prepare(*read_decoded(Upload(data, name), self.meta.cache_size, max_pixels))
+    def decode_bytes(self, data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> Prepared:
+        return self.prepare(*read_decoded(Upload(data, name), self.meta.cache_size, max_pixels,
+                                          max_bytes))
 
     def prepare(self, gray: np.ndarray, full: tuple[int, int], info: dict) -> Prepared:
         """Reject degenerate geometry (ood.RejectedInput), then the evaluation preprocessing.

@@ -1,15 +1,16 @@
 """The FastAPI application: model loaded once in ``lifespan``, routers per resource.
 
 The model loads in a worker thread after startup, so ``/health`` answers 503 ("loading")
-until it is ready instead of the port staying closed. Every error response is a short JSON
-``{"detail"}``: no stack trace, no server path. A pure-ASGI guard answers 413 before a body
-larger than the limit is read, and uploads under the limit stay in memory (never spooled to disk).
+until it is ready instead of the port staying closed (and "failed", with the reason, if it
+cannot load). Every error response is a short JSON ``{"detail"}``: no stack trace, no server
+path. The pure-ASGI ``guard.Guard`` checks the Host header, the API key, the route's body limit
+and an upload slot before any body byte is read, and the deadline over the whole request;
+uploads under the limit stay in memory (never spooled to disk).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,11 +21,11 @@ from starlette.formparsers import MultiPartParser
 
 from assurexray import NOT_FOR_CLINICAL_USE, __version__
 from assurexray.serve.deps import Settings
+from assurexray.serve.guard import MULTIPART_OVERHEAD, Guard
 from assurexray.serve.routers import health, monitoring, predict, viewer
 from assurexray.serve.service import InputError, Service
 
 log = logging.getLogger(__name__)
-MULTIPART_OVERHEAD = 64 * 1024
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -51,24 +52,19 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     viewer.mount_static(app)
     _install_handlers(app, service)
-    app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(Guard, settings=settings, telemetry=service.telemetry)
     return app
 
 
 def _install_handlers(app: FastAPI, service: Service) -> None:
     @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
+    async def announce(request: Request, call_next):
         # A /predict request is announced to the micro-batcher as soon as its headers arrive,
         # so that batches wait for it while its body is still being read and parsed.
+        # (The guard counts every request in the telemetry.)
         with service.arrival(request.url.path == "/predict") as submit:
             request.state.submit = submit
-            response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        service.telemetry.requests.labels(endpoint, str(response.status_code)).inc()
-        service.telemetry.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+            return await call_next(request)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -88,49 +84,3 @@ def _install_handlers(app: FastAPI, service: Service) -> None:
     async def crash(request: Request, exc: Exception):
         log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "internal error"}, 500)
-
-
-class BodyLimit:
-    """413 for a request body over ``limit`` bytes, by Content-Length or while streaming."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(scope, send)
-        received, started = 0, False
-
-        async def limited():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(scope, send)
-
-    async def _refuse(self, scope, send):
-        response = JSONResponse({"detail": f"request body exceeds {self.limit} bytes"}, 413)
-        await response(scope, _nothing, send)
-
-
-async def _nothing():
-    return {"type": "http.disconnect"}
-
-
-class _TooLarge(Exception):
-    pass

@@ -4,7 +4,8 @@ Reads the pipeline's outputs: the checkpoint (with its temperature), the trainin
 of the reference stage (drift and out-of-distribution checks), the operating point analyze
 chose on validation, and the ``serve:`` limits of params.yaml. API keys come from
 ASSUREXRAY_API_KEYS (comma-separated) and/or --api-key-file, never from params.yaml. Listening
-beyond loopback without a key is refused unless --insecure is given.
+beyond loopback without a key is refused unless --insecure is given. Requests must name the
+server in their Host header by a loopback name, the --host address or an --allowed-host name.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import uvicorn
 
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.serve.app import create_app
-from assurexray.serve.deps import ServeConfigError, Settings, check_bind
+from assurexray.serve.deps import ServeConfigError, Settings, allowed_hosts, check_bind
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME",
+                        help="a host name requests may carry in their Host header besides the "
+                             "loopback names and --host (repeatable), e.g. the server's DNS name")
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback address without any API key")
 
@@ -36,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(checkpoint=args.checkpoint, reference=args.reference,
                                  params=args.params,
-                                 api_key_file=args.api_key_file)
+                                 api_key_file=args.api_key_file,
+                                 allowed_hosts=allowed_hosts(args.host, args.allowed_host))
     check_bind(args.host, settings, args.insecure)
     for name in ("checkpoint", "reference"):   # fail now, not after startup
         path = getattr(settings, name)

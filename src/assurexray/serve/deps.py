@@ -3,8 +3,10 @@
 Settings come from the environment (``ASSUREXRAY_*``) and the command line overrides them;
 ``serve:`` limits come from params.yaml. API keys never come from params.yaml or git: the
 comma-separated ``ASSUREXRAY_API_KEYS`` and/or a key file (one key per line). Keys are compared
-in constant time; with no key configured every endpoint is open (loopback only, unless
-``--insecure``).
+in constant time, by the guard (``serve.guard``) before any body byte is read; with no key
+configured every endpoint is open (loopback only, unless ``--insecure``). The Host header must
+name one of ``allowed_hosts``: the loopback names, plus the ``--host`` served on and
+``--allowed-host`` names.
 """
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
 
 from assurexray.errors import AssureXRayError
 from assurexray.params import ServeParams, load_params
 
 KEYS_ENV = "ASSUREXRAY_API_KEYS"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class ServeConfigError(AssureXRayError, ValueError):
@@ -32,10 +35,11 @@ class Settings:
     checkpoint: Path = Path("models/calibrated.pt")
     reference: Path | None = Path("models/reference.npz")
     limits: ServeParams = field(default_factory=ServeParams)
+    engine: str = "onnxruntime"   # inference.engine of params.yaml
     api_keys: frozenset[str] = frozenset()
+    allowed_hosts: frozenset[str] = LOOPBACK_NAMES   # names the Host header may carry
 
     @classmethod
-    engine: str = "onnxruntime"   # inference.engine of params.yaml
     def from_env(cls, env=os.environ, **overrides) -> Settings:
         """``ASSUREXRAY_CHECKPOINT``, ``_REFERENCE`` (empty: none), ``_PARAMS``,
         ``_API_KEYS``, ``_API_KEY_FILE``; keyword arguments (the command line) win."""
@@ -78,24 +82,31 @@ def check_bind(host: str, settings: Settings, insecure: bool) -> None:
             "(or pass --insecure to accept anyone on the network)")
 
 
+def allowed_hosts(bound: str, extra: list[str] | None) -> frozenset[str]:
+    """Loopback names, the address served on (unless a wildcard) and the ``--allowed-host``
+    names, lower case."""
+    names = set(LOOPBACK_NAMES) | {name.strip().lower() for name in extra or [] if name.strip()}
+    if bound not in ("0.0.0.0", "::", ""):
+        names.add(bound.lower())
+    return frozenset(names)
+
+
 def get_state(request: Request):
-    """The loaded service (model, batcher, telemetry); 503 while the model is loading."""
+    """The loaded service (model, batcher, telemetry); 503 while the model is loading
+    (with Retry-After) or after it failed to load (without: retrying cannot help)."""
     state = request.app.state.service
+    if state.error is not None:
+        raise HTTPException(503, f"the model failed to load: {state.error}")
     if not state.ready:
         raise HTTPException(503, "model loading, retry shortly", headers={"Retry-After": "2"})
     return state
 
 
-def require_api_key(request: Request,
-                    x_api_key: Annotated[str | None, Header()] = None) -> None:
-    keys = request.app.state.settings.api_keys
-    if not keys:
-        return
-    given = (x_api_key or "").encode()
+def key_is_valid(given: str, keys: frozenset[str]) -> bool:
     # compare against every key (no early exit) so timing does not tell which key is close
-    if not any([hmac.compare_digest(given, k.encode()) for k in keys]):
-        raise HTTPException(401, "missing or wrong X-API-Key header",
-                            headers={"WWW-Authenticate": "X-API-Key"})
+    return any([hmac.compare_digest(given.encode(), k.encode()) for k in keys])
 
 
-Authorized = Depends(require_api_key)
+# The guard checks the key; this declares the header in the OpenAPI schema (the docs' Authorize).
+Authorized = Security(APIKeyHeader(name="X-API-Key", auto_error=False,
+                                   description="checked before the request body is read"))

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ class Service:
         self.classifier: Classifier | None = None
         self.batcher: MicroBatcher | None = None
         self._cam_lock = threading.Lock()
+        # decoding holds up to about 5 x max_decoded_mb per image: this bounds how many at once
+        self._decode_slots = threading.BoundedSemaphore(self.limits.decode_slots)
         self._streams = contextlib.ExitStack()
 
     def load(self) -> None:
@@ -56,8 +59,8 @@ class Service:
         s = self.settings
         try:
             classifier = Classifier.from_files(s.checkpoint, s.reference, s.engine)
-        except Exception as exc:  # /health reports it; the server log says why
-            self.error = str(exc)
+        except Exception as exc:  # /health and the data routes report it; so does the log
+            self.error = _without_paths(str(exc), s.checkpoint, s.reference)
             log.error("the model could not be loaded: %s", exc)
             return
         streams = self._streams.enter_context(classifier.engine.streams())
@@ -71,7 +74,10 @@ class Service:
 
     @property
     def loaded(self) -> Classifier:
-        """The classifier once loaded; a request before that is told to come back."""
+        """The classifier once loaded; a request before that is told to come back, one after
+        a failed load why it cannot be served."""
+        if self.error is not None:
+            raise InputError(503, "failed", f"the model failed to load: {self.error}")
         if self.classifier is None:
             raise InputError(503, "loading", "the model is not loaded yet", retry_after=5)
         return self.classifier
@@ -81,7 +87,7 @@ class Service:
             self.batcher.close()
         self._streams.close()
 
-    def decode(self, data: bytes) -> tuple[str, Prepared]:
+    def decode(self, data: bytes, deadline: float) -> tuple[str, Prepared]:
         max_bytes = self.limits.max_upload_mb * 1024 * 1024
         if len(data) > max_bytes:
             raise InputError(413, "too_large", f"file of {len(data) / 2**20:.1f} MB exceeds the "
@@ -90,13 +96,18 @@ class Service:
         if fmt is None:
             raise InputError(415, "unsupported_type",
                              "unsupported file type: JPEG, PNG or DICOM expected (recognised by content)")
+        if not self._decode_slots.acquire(timeout=_left(deadline)):
+            raise InputError(504, "timeout", "no decoding slot free before the request timeout")
         try:
-            return fmt, self.loaded.decode_bytes(data, UPLOAD_NAME, self.limits.max_pixels)
+            return fmt, self.loaded.decode_bytes(data, UPLOAD_NAME, self.limits.max_pixels,
+                                                 int(self.limits.max_decoded_mb * 2**20))
         except ImageReadError as exc:
             reason = "decompression_bomb" if "decompression bomb" in exc.reason else "undecodable"
             raise InputError(422, reason, f"cannot read the {fmt.upper()} file: {exc.reason}") from exc
         except RejectedInput as exc:
             raise InputError(422, "degenerate", f"rejected before the model: {exc}") from exc
+        finally:
+            self._decode_slots.release()
 
     @contextlib.contextmanager
     def arrival(self, announce: bool = True) -> Iterator[Submit | None]:
@@ -107,25 +118,30 @@ class Service:
         with self.batcher.incoming() as submit:
             yield submit
 
-    def classify(self, data: bytes, gradcam: bool = False, submit: Submit | None = None) -> dict:
+    def classify(self, data: bytes, gradcam: bool = False, submit: Submit | None = None,
+                 deadline: float | None = None) -> dict:
         """The result for one upload; ``submit``: from ``arrival`` when the request was
-        announced on arrival (else it is announced here)."""
+        announced on arrival (else it is announced here); ``deadline``: ``time.monotonic()``
+        by which the request must be answered (the guard's; default request_timeout_s from now)."""
         classifier = self.loaded
+        if deadline is None:
+            deadline = time.monotonic() + self.limits.request_timeout_s
         with contextlib.ExitStack() as stack:
             submit = submit or stack.enter_context(self.arrival())
             assert submit is not None  # the batcher starts before the classifier is published
-            prepared, fmt, logits, embedding = self._infer(data, submit)
+            prepared, fmt, logits, embedding = self._infer(data, submit, deadline)
         result = classifier.results([prepared], logits[None], embedding[None])[0]
         self.telemetry.observe(result, prepared.stats, embedding)
         result = {"format": fmt, **result}
         if gradcam:
-            result.update(self._cam(prepared, classifier.classes.index(result["pred"])))
+            result.update(self._cam(prepared, classifier.classes.index(result["pred"]), deadline))
         return result
 
-    def _infer(self, data: bytes, submit: Submit) -> tuple[Prepared, str, np.ndarray, np.ndarray]:
+    def _infer(self, data: bytes, submit: Submit,
+               deadline: float) -> tuple[Prepared, str, np.ndarray, np.ndarray]:
         """Decode, then the forward pass in the micro-batcher; InputError when refused."""
         try:
-            fmt, prepared = self.decode(data)
+            fmt, prepared = self.decode(data, deadline)
         except InputError as exc:
             self.telemetry.rejected.labels(exc.reason).inc()
             raise
@@ -136,17 +152,21 @@ class Service:
             raise InputError(503, "queue_full", "server busy: request queue full",
                              retry_after=1) from exc
         try:
-            logits, embedding = future.result(timeout=self.limits.request_timeout_s)
+            logits, embedding = future.result(timeout=_left(deadline))
         except FutureTimeout as exc:
             future.cancel()
             raise InputError(504, "timeout", "inference timed out") from exc
         return prepared, fmt, logits, embedding
 
-    def _cam(self, prepared: Prepared, target: int) -> dict:
-        with self._cam_lock:
+    def _cam(self, prepared: Prepared, target: int, deadline: float) -> dict:
+        if not self._cam_lock.acquire(timeout=_left(deadline)):
+            raise InputError(504, "timeout", "Grad-CAM not started before the request timeout")
+        try:
             # The torch model loads on the first Grad-CAM request (whatever the engine).
             cam = compute_cams(self.loaded.cam_model(), torch.from_numpy(prepared.pixels[None]),
                                [target])[0]
+        finally:
+            self._cam_lock.release()
         return {"gradcam_class": self.loaded.classes[target],
                 "image_png": _png(prepared.boxed), "gradcam_png": _png(overlay(prepared.boxed, cam))}
 
@@ -158,7 +178,7 @@ class Service:
                             self.limits.drift_permutations)
 
     def health(self) -> dict:
-        status = "ok" if self.ready else "loading" if self.error is None else "error"
+        status = "ok" if self.ready else "loading" if self.error is None else "failed"
         body: dict[str, object] = {"status": status,
                                    "uptime_s": round(time.time() - self.started, 1)}
         if self.ready:
@@ -167,8 +187,21 @@ class Service:
             body["operating_points"] = c.meta.operating_points
             body["ood_reference"] = c.reference is not None
         elif self.error:
-            body["error"] = "the model could not be loaded (see the server log)"
+            body["error"] = self.error
         return body
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (``time.monotonic()``), at least 0."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def _without_paths(message: str, *paths: Path | None) -> str:
+    """The reason of a failed load as the service may show it: configured paths by file name."""
+    for path in paths:
+        if path is not None:
+            message = message.replace(str(path), path.name)
+    return message
 
 
 def _png(image: np.ndarray) -> str:

@@ -30,6 +30,10 @@ class Telemetry:
                            "Inputs flagged out of distribution", registry=self.registry)
         self.batch_size = Histogram("assurexray_micro_batch_size", "Inputs per forward pass",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        # what a refused request cost: body bytes handed to the application before the refusal
+        self.refused_body_bytes = Histogram(
+            "assurexray_refused_body_bytes", "Body bytes read before a refusal, by status",
+            ["status"], buckets=(0, 4096, 65536, 2**20, 2**24, 2**26), registry=self.registry)
         self._window: deque = deque(maxlen=drift_window)
         self._lock = threading.Lock()
 

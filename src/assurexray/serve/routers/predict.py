@@ -15,7 +15,11 @@ router = APIRouter(tags=["predict"], dependencies=[Authorized])
 
 def _read(upload: UploadFile, service: Service) -> bytes:
     # one byte past the limit is enough to know the file is too large
-    return upload.file.read(int(service.limits.max_upload_mb * 2**20) + 1)
+    data = upload.file.read(int(service.limits.max_upload_mb * 2**20) + 1)
+    # the guard frees the request's upload slot once the answer is sent: drop the form's
+    # in-memory copy now, so that nothing of the upload outlives the answer
+    upload.file.close()
+    return data
 
 
 @router.post("/predict", summary="Classify one radiograph (JPEG, PNG or DICOM)")
@@ -23,12 +27,13 @@ def predict(request: Request,
             file: UploadFile = File(..., description="the image; its type is read from its bytes"),
             gradcam: bool = Query(False, description="add the Grad-CAM overlay (PNG, base64)"),
             service: Service = Depends(get_state)) -> dict:
-    result = service.classify(_read(file, service), gradcam, request.state.submit)
+    result = service.classify(_read(file, service), gradcam, request.state.submit,
+                              request.state.deadline)
     return {**result, "notice": NOT_FOR_CLINICAL_USE}
 
 
 @router.post("/batch_predict", summary="Classify several radiographs; one result per file")
-def batch_predict(files: list[UploadFile] = File(...),
+def batch_predict(request: Request, files: list[UploadFile] = File(...),
                   service: Service = Depends(get_state)) -> dict:
     if len(files) > service.limits.max_batch:
         raise InputError(413, "too_many_files", f"{len(files)} files; at most "
@@ -37,7 +42,8 @@ def batch_predict(files: list[UploadFile] = File(...),
 
     def one(index: int) -> dict:
         try:
-            return {"index": index, **service.classify(blobs[index])}
+            return {"index": index, **service.classify(blobs[index],
+                                                       deadline=request.state.deadline)}
         except InputError as exc:
             return {"index": index, "error": exc.detail, "status": exc.status}
 
