@@ -121,6 +121,20 @@ def test_perfect_classifier_proportions_get_an_honest_interval_with_n():
         binomtest(n_groups, n_groups).proportion_ci(0.95, "exact").low)
 
 
+def test_perfect_auc_on_few_patients_gets_an_exact_bound_not_zero_width():
+    """An AUC of 1 on 15 malignant images from 8 patients was reported as 1.0 (1.0-1.0)."""
+    p = fake_predictions(n_groups=60)
+    perfect = Predictions(p.image_ids, p.y_true, p.y_true, np.eye(3)[p.y_true], p.groups)
+    out = bootstrap_metrics(perfect, CLASSES, n_iter=200, ci_level=0.95, seed=0)
+    for interval in (out["macro_auc"], *out["auc"].values()):
+        assert interval["value"] == interval["ci_high"] == 1.0 and interval["ci_low"] < 1.0
+    smaller = min(len(set(p.groups[p.y_true == 2])), len(set(p.groups[p.y_true != 2])))
+    assert out["auc"]["Malignant"]["ci_low"] == pytest.approx(
+        binomtest(smaller, smaller).proportion_ci(0.95, "exact").low)
+    noisy = bootstrap_metrics(p, CLASSES, n_iter=200, ci_level=0.95, seed=0)
+    assert "boundary" not in noisy["auc"]["Malignant"]  # an ordinary AUC keeps its percentiles
+
+
 def test_clopper_pearson_equals_scipy_exact():
     for n in (1, 7, 15, 60):
         for x in range(n + 1):

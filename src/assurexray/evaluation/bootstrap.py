@@ -153,6 +153,25 @@ def summarize(values: np.ndarray, ci_level: float) -> dict:
             "valid_resamples": int(len(valid))}
 
 
+def boundary_guarded(summary: dict, positive: np.ndarray, groups: np.ndarray,
+                     ci_level: float) -> dict:
+    """An AUC of exactly 0 or 1 makes every resample equal: the percentile interval has zero
+    width however few patients stand behind it. There, the open end becomes the exact
+    (Clopper-Pearson) bound of a perfect record on the effective number of patients in the
+    smaller of the two classes, as if each of them had been ranked once."""
+    value = summary["value"]
+    if value not in (0.0, 1.0) or summary["ci_low"] != summary["ci_high"]:
+        return summary
+    positive = np.asarray(positive, bool)
+    n_eff = min(proportions.effective_n(np.ones(int(side.sum()), bool), groups[side])
+                for side in (positive, ~positive) if side.any())
+    low, high = proportions.clopper_pearson(n_eff, n_eff, ci_level)
+    bound = float(low) if value == 1.0 else 1 - float(low)
+    return {**summary, "ci_low": min(bound, value), "ci_high": max(bound, value),
+            "boundary": f"exact bound on {n_eff:.2f} effective patients (percentile interval "
+                        "had zero width)"}
+
+
 def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The weighted mean of ``values`` for every weight row; NaN where a row weighs nothing."""
     return ratio(weights @ np.asarray(values, float), weights.sum(axis=1))
@@ -204,7 +223,12 @@ def bootstrap_metrics(preds: Predictions, classes: list[str], n_iter: int, ci_le
     out = {name: summarize(values[name], ci_level) for name in ("macro_auc", "balanced_accuracy")}
     out["accuracy"] = proportions.proportion_interval(preds.y_true == preds.y_pred, preds.groups,
                                                       ci_level)
-    out["auc"] = {c: summarize(values["auc"][:, i], ci_level) for i, c in enumerate(classes)}
+    out["auc"] = {c: boundary_guarded(summarize(values["auc"][:, i], ci_level),
+                                      preds.y_true == i, preds.groups, ci_level)
+                  for i, c in enumerate(classes)}
+    smallest = np.argmin(np.bincount(preds.y_true, minlength=len(classes)))
+    out["macro_auc"] = boundary_guarded(out["macro_auc"], preds.y_true == smallest, preds.groups,
+                                        ci_level)
     out["sensitivity"], out["specificity"] = {}, {}
     for i, c in enumerate(classes):
         actual, called = preds.y_true == i, preds.y_pred == i
