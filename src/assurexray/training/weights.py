@@ -145,7 +145,7 @@ def package_state_dict(backbone: str, model: nn.Module) -> tuple[dict, WeightsSo
                                   f"{sorted(set(state) - set(mapping))[:5]}, missing "
                                   f"{sorted(set(mapping) - set(state))[:5]}")
     # The classifier head may differ (1000 ImageNet classes): build_model drops it then.
-    head = model.pretrained_cfg["classifier"] + "."
+    head = _classifier_name(backbone) + "."
     wrong = [k for k, v in state.items()
              if v.shape != own[mapping[k]].shape and not mapping[k].startswith(head)]
     if wrong:
@@ -153,6 +153,11 @@ def package_state_dict(backbone: str, model: nn.Module) -> tuple[dict, WeightsSo
     source = WeightsSource("package", spec.distribution,
                            importlib.metadata.version(spec.distribution), spec.file, digest)
     return {mapping[k]: v for k, v in state.items()}, source
+
+
+def _classifier_name(backbone: str) -> str:
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    return cfg.classifier if cfg is not None and cfg.classifier else "classifier"
 
 
 def normalization(backbone: str) -> tuple[list[float], list[float]]:
