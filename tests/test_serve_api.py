@@ -17,9 +17,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from assurexray.cli import main
+from assurexray.evaluation.bootstrap import Predictions
+from assurexray.evaluation.operating_points import evaluate_operating_points
 from assurexray.params import ServeParams
 from assurexray.serve.app import create_app
 from assurexray.serve.deps import ServeConfigError, Settings, check_bind, read_api_keys
+from assurexray.training.checkpoint import load_checkpoint
 from serve_helpers import REPO
 from test_predict import write_mono1_dicom
 
@@ -78,6 +81,31 @@ def test_health_names_the_model(client, served_model):
     assert model["git_rev"] and model["split"] == "stratified"
     point = body["operating_points"]["malignant_vs_rest"]
     assert point[point["decision"]] == served_model.malignant_point
+
+
+def test_decisions_quote_test_rates_beside_validation_ones(served_model, tmp_path):
+    """With the analyze stage's metrics (--test-rates), each decision carries the test rates
+    measured at its threshold, labelled apart from the validation ones."""
+    fitted = load_checkpoint(served_model.checkpoint)[1].operating_points
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, len(CLASSES), 40)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), 40)
+    test = Predictions(np.arange(40).astype(str), y, probs.argmax(1), probs, np.arange(40) // 2)
+    analysis = tmp_path / "analysis.json"
+    analysis.write_text(json.dumps({"ci_level": 0.95, "operating_points": evaluate_operating_points(
+        fitted, test, CLASSES, 0.95)}))
+    client = started(create_app(settings(served_model, test_rates=analysis)))
+    try:
+        decision = upload(client, served_model.images[0].read_bytes()).json()["decisions"][
+            "malignant_vs_rest"]
+    finally:
+        client.__exit__(None, None, None)
+    measured = json.loads(analysis.read_text())["operating_points"]["malignant_vs_rest"]["youden"]
+    assert decision["test_rates"]["sensitivity"] == measured["test"]["sensitivity"]
+    assert decision["test_rates"]["specificity"]["ci_high"] == measured["test"]["specificity"][
+        "ci_high"]
+    assert decision["val_sensitivity"] == measured["val"]["sensitivity"]
+    assert "validation images the threshold was chosen on" in decision["rates_note"]
 
 
 def test_predict_equals_the_cli(client, served_model, capsys):

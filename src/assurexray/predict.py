@@ -42,6 +42,7 @@ from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.console import progress
 from assurexray.data.imageio import IMAGE_SUFFIXES, ImageReadError
 from assurexray.errors import AssureXRayError
+from assurexray.inference.classifier import DEFAULT_TEST_RATES as TEST_RATES
 from assurexray.inference.classifier import Classifier, Prepared
 from assurexray.inference.engines import ENGINES
 from assurexray.inference.ood import RejectedInput
@@ -76,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path,
                         help=f"training reference of the reference stage (default: {REFERENCE_NAME} "
                              "beside the checkpoint, when present): flags out-of-distribution inputs")
+    parser.add_argument("--test-rates", type=Path,
+                        help=f"the analyze stage's metrics of this checkpoint's run (default: "
+                             f"{TEST_RATES} when present): each decision quotes its test "
+                             "sensitivity and specificity with intervals beside the validation ones")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
     parser.add_argument("--engine", choices=sorted(ENGINES),
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                     "out-of-distribution inputs will not be flagged", REFERENCE_NAME)
     try:
         classifier = Classifier.from_files(args.checkpoint, reference, engine_choice(args))
+        quote_test_rates(classifier, args.test_rates)
     except (FileNotFoundError, AssureXRayError) as exc:
         log.error("%s", exc)
         return 2
@@ -270,6 +276,23 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, 
 def _overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     from assurexray.explain.cam import overlay  # imports torch: only for overlays
     return overlay(image, heatmap)
+
+
+def quote_test_rates(classifier: Classifier, explicit: Path | None) -> None:
+    """Load the test rates quoted beside each decision: from ``explicit`` (any problem is an
+    error) or the default file when present (a mismatch is a warning: validation rates only)."""
+    if not classifier.meta.operating_points:
+        return
+    path = explicit or (TEST_RATES if TEST_RATES.is_file() else None)
+    try:
+        if path is None:
+            raise FileNotFoundError(f"no {TEST_RATES} (or --test-rates)")
+        classifier.load_test_rates(path)
+    except (FileNotFoundError, AssureXRayError) as exc:
+        if explicit:
+            raise
+        log.warning("%s: decisions quote validation rates only (measured on the images their "
+                    "thresholds were chosen on)", exc)
 
 
 def _beside(checkpoint: Path, name: str) -> Path | None:

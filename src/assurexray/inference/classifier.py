@@ -23,7 +23,7 @@ from scipy.special import softmax
 
 from assurexray.data.cache import letterbox
 from assurexray.data.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Upload, read_decoded
-from assurexray.evaluation.operating_points import decide
+from assurexray.evaluation.operating_points import decide, read_test_rates
 from assurexray.inference.engines import Engine, load_engine
 from assurexray.inference.features import content_columns, image_stats
 from assurexray.inference.ood import check_geometry
@@ -49,6 +49,11 @@ def model_input(boxed: np.ndarray, image_size: int, mean, std) -> np.ndarray:
     return np.ascontiguousarray(lut[:, small])
 
 
+# The analyze stage's metrics (the thresholds measured on test) as the pipeline lays them out:
+# the default source of the test rates predict and the service quote beside each decision.
+DEFAULT_TEST_RATES = Path("metrics/analysis.json")
+
+
 class Classifier:
     def __init__(self, engine: Engine, checkpoint: str | Path, checkpoint_sha256: str,
                  reference: Reference | None = None):
@@ -56,6 +61,7 @@ class Classifier:
         self.checkpoint = Path(checkpoint)
         self.classes = list(self.meta.classes)
         self.reference = reference
+        self.test_rates: dict | None = None   # quoted beside each decision (load_test_rates)
         self.ood_params = reference.ood if reference else OodParams()
         self.device = engine.device
         self._cam_model: Any = None
@@ -80,6 +86,11 @@ class Classifier:
         """A loaded torch model (``load_checkpoint``'s pair) on the torch engine."""
         from assurexray.inference.torch_engine import TorchEngine
         return cls(TorchEngine(model, meta), checkpoint, checkpoint_sha256, reference)
+
+    def load_test_rates(self, path: str | Path) -> None:
+        """Quote beside each decision its test rates, which the analyze stage measured at the
+        same thresholds (``path``: its metrics/analysis.json); another run's file is refused."""
+        self.test_rates = read_test_rates(path, self.meta.operating_points or {})
 
     def cam_model(self):
         """A private copy of the checkpoint's torch model for Grad-CAM (gradients need torch,
@@ -129,7 +140,8 @@ class Classifier:
             calibrated = softmax(logits / self.meta.temperature)
             result["calibrated_probs"] = dict(zip(self.classes, map(float, calibrated)))
             if self.meta.operating_points:  # fitted on this calibrated scale by calibrate
-                result["decisions"] = decide(self.meta.operating_points, calibrated, self.classes)
+                result["decisions"] = decide(self.meta.operating_points, calibrated, self.classes,
+                                             self.test_rates)
         result["ood"] = ood
         return result
 

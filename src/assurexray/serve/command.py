@@ -1,8 +1,9 @@
 """Serve a trained model over HTTP: FastAPI on uvicorn, loopback by default (research use only).
 
 Reads the pipeline's outputs: the checkpoint (with its temperature), the training reference
-of the reference stage (drift and out-of-distribution checks), the operating point analyze
-chose on validation, and the ``serve:`` limits of params.yaml. API keys come from
+of the reference stage (drift and out-of-distribution checks), the operating points calibrate
+chose on validation with their test rates measured by analyze (``--test-rates``), and the
+``serve:`` limits of params.yaml. API keys come from
 ASSUREXRAY_API_KEYS (comma-separated) and/or --api-key-file, never from params.yaml. Listening
 beyond loopback without a key is refused unless --insecure is given. Requests must name the
 server in their Host header by a loopback name, the --host address or an --allowed-host name.
@@ -16,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from assurexray import NOT_FOR_CLINICAL_USE
+from assurexray.inference.classifier import DEFAULT_TEST_RATES
 from assurexray.serve.app import create_app
 from assurexray.serve.deps import ServeConfigError, Settings, allowed_hosts, check_bind
 
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="default models/calibrated.pt")
     parser.add_argument("--reference", type=Path, help="default models/reference.npz")
+    parser.add_argument("--test-rates", type=Path,
+                        help=f"the analyze stage's metrics of the checkpoint's run (default "
+                             f"{DEFAULT_TEST_RATES} with the default checkpoint, when present): "
+                             "each decision quotes its test rates beside the validation ones")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="params.yaml for the serve: limits")
     parser.add_argument("--host", default="127.0.0.1")
@@ -38,15 +44,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    test_rates = args.test_rates or (DEFAULT_TEST_RATES if args.checkpoint is None
+                                     and DEFAULT_TEST_RATES.is_file() else None)
     settings = Settings.from_env(checkpoint=args.checkpoint, reference=args.reference,
+                                 test_rates=test_rates,
                                  params=args.params,
                                  api_key_file=args.api_key_file,
                                  allowed_hosts=allowed_hosts(args.host, args.allowed_host))
     check_bind(args.host, settings, args.insecure)
-    for name in ("checkpoint", "reference"):   # fail now, not after startup
+    for name in ("checkpoint", "reference", "test_rates"):   # fail now, not after startup
         path = getattr(settings, name)
         if path is not None and not path.is_file():
-            raise ServeConfigError(f"{path}: not found; run `dvc repro` (or pass --{name})")
+            raise ServeConfigError(f"{path}: not found; run `dvc repro` (or pass "
+                                   f"--{name.replace('_', '-')})")
+    if settings.test_rates is None:
+        log.warning("no test rates (--test-rates): decisions quote validation rates only, "
+                    "measured on the images their thresholds were chosen on")
     log.warning(NOT_FOR_CLINICAL_USE)
     if not settings.api_keys:
         log.warning("no API key configured: every endpoint is open to whoever reaches %s", args.host)

@@ -34,6 +34,8 @@ class ServeConfigError(AssureXRayError, ValueError):
 class Settings:
     checkpoint: Path = Path("models/calibrated.pt")
     reference: Path | None = Path("models/reference.npz")
+    # The analyze stage's metrics of the checkpoint's run: test rates quoted beside decisions.
+    test_rates: Path | None = None
     limits: ServeParams = field(default_factory=ServeParams)
     engine: str = "onnxruntime"   # inference.engine of params.yaml
     api_keys: frozenset[str] = frozenset()
@@ -41,10 +43,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, env=os.environ, **overrides) -> Settings:
-        """``ASSUREXRAY_CHECKPOINT``, ``_REFERENCE`` (empty: none), ``_PARAMS``,
+        """``ASSUREXRAY_CHECKPOINT``, ``_REFERENCE``, ``_TEST_RATES`` (empty: none), ``_PARAMS``,
         ``_API_KEYS``, ``_API_KEY_FILE``; keyword arguments (the command line) win."""
         values: dict = {}
-        for name in ("checkpoint", "reference"):
+        for name in ("checkpoint", "reference", "test_rates"):
             raw = env.get(f"ASSUREXRAY_{name.upper()}")
             if raw is not None:
                 values[name] = Path(raw) if raw else None

@@ -59,8 +59,10 @@ class Service:
         s = self.settings
         try:
             classifier = Classifier.from_files(s.checkpoint, s.reference, s.engine)
+            if s.test_rates is not None:   # another run's file is refused, as a reference is
+                classifier.load_test_rates(s.test_rates)
         except Exception as exc:  # /health and the data routes report it; so does the log
-            self.error = _without_paths(str(exc), s.checkpoint, s.reference)
+            self.error = _without_paths(str(exc), s.checkpoint, s.reference, s.test_rates)
             log.error("the model could not be loaded: %s", exc)
             return
         streams = self._streams.enter_context(classifier.engine.streams())
