@@ -93,3 +93,21 @@ def test_stage_param_sections_exist(name):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for key in STAGES[name].get("params", []):
         assert key.split(".")[0] in params, f"stage {name} lists unknown param {key}"
+
+
+def test_dvc_yaml_is_laid_out_with_generated_code_deps_last():
+    """Every stage reads cmd, params, outs, then deps: data first, the generated code deps last
+    under the marker; the file is exactly what scripts/sync_stage_deps.py writes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_stage_deps", REPO / "scripts" / "sync_stage_deps.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    lines = (REPO / "dvc.yaml").read_text().splitlines()
+    assert sync.synced(lines) == lines, "run `python scripts/sync_stage_deps.py`"
+    assert lines.count(sync.MARKER) == len(STAGES)
+    for name, stage in STAGES.items():
+        keys = [k for k in stage if k in ("cmd", "params", "outs", "metrics", "deps")]
+        assert keys[0] == "cmd" and keys[-1] == "deps", f"stage {name}: keys in order {keys}"
+        code = [d for d in stage["deps"] if d == stage_script(name) or d.startswith("src/")]
+        assert stage["deps"][-len(code):] == code, f"stage {name}: code deps are not last"
