@@ -60,6 +60,7 @@ def test_the_guides_show_cheap_commands_to_check():
     assert {name for name, _ in found} >= {"predict-and-serve.md", "extending.md", "troubleshooting.md"}
 
 
+@pytest.mark.slow   # each starts a Python process that imports the library (seconds each, idle)
 @pytest.mark.parametrize("name,command", cheap_commands(), ids=lambda v: v[:60])
 def test_cheap_command_runs(name, command):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
