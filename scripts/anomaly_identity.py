@@ -60,12 +60,12 @@ def run_variant(params, arch, changes, cache, classes, train, val, work: Path) -
     val_ids, _ = normal_subset(val.image_ids, val.labels, normal)
     pick = np.random.default_rng(p.seed).permutation(len(val_ids))[:p.anomaly.identity_lesions]
     clean = input_tensors(cache, [val_ids[i] for i in pick], p.anomaly.image_size)
-    check = identity_check(model, clean, meta["score"], p.anomaly.batch_size, p.seed)
+    check = identity_check(model, clean, meta.score, p.anomaly.batch_size, p.seed)
     result = score_inputs(model, input_tensors(cache, val.image_ids, p.anomaly.image_size),
-                          meta["score"], p.anomaly.batch_size)
+                          meta.score, p.anomaly.batch_size)
     auc = {s: float(ovr_auc(val.labels != normal, v)) for s, v in result.scores.items()}
     return {"arch": arch, "changes": changes, "parameters": count_parameters(model),
-            "best_val_loss": meta["best_val_loss"], "identity": check, "val_auc": auc,
+            "best_val_loss": meta.best_val_loss, "identity": check, "val_auc": auc,
             "cpu_seconds": round(time.process_time() - started, 1)}
 
 

@@ -46,20 +46,20 @@ def main() -> None:
         return
     cache = ImageCache(args.cache)
     check_cache_size(meta, cache, args.cache)
-    classes, size, bs = meta["classes"], meta["image_size"], params.anomaly.batch_size
-    normal, primary = meta["normal_class"], meta["score"]["primary"]
+    classes, size, bs = meta.classes, meta.image_size, params.anomaly.batch_size
+    normal, primary = meta.normal_class, meta.score["primary"]
     groups, index = read_groups(args.splits / "groups.csv"), read_index(args.index)
     args.out.mkdir(parents=True, exist_ok=True)
     tables, results, inputs = {}, {}, {}
     for part in ("val", "test"):
         ids, labels = read_split(args.splits / f"{part}.csv", classes)
         inputs[part] = input_tensors(cache, ids, size)
-        results[part] = score_inputs(model, inputs[part], meta["score"], bs, device)
+        results[part] = score_inputs(model, inputs[part], meta.score, bs, device)
         tables[part] = score_table(ids, labels, classes, groups, index, results[part].scores)
         tables[part].to_csv(args.out / f"{part}.csv", index=False)
-    metrics = {"arch": args.arch, "parameters": count_parameters(model), "config": meta["config"],
-               "image_size": size, "noise_std": meta.get("noise_std", 0.0),
-               "epoch": meta["epoch"], "best_val_loss": meta["best_val_loss"],
+    metrics = {"arch": args.arch, "parameters": count_parameters(model), "config": meta.config,
+               "image_size": size, "noise_std": meta.noise_std,
+               "epoch": meta.epoch, "best_val_loss": meta.best_val_loss,
                **evaluate_scores(tables["val"], tables["test"], normal, primary, params.analysis,
                                  params.seed)}
     test, res = tables["test"], results["test"]
@@ -73,7 +73,7 @@ def main() -> None:
     normals = np.flatnonzero((tables["val"]["label"] == normal).to_numpy())
     rows = np.sort(np.random.default_rng(params.seed).permutation(normals)[
         :params.anomaly.identity_lesions])
-    metrics["identity"] = identity_check(model, inputs["val"][rows], meta["score"], bs,
+    metrics["identity"] = identity_check(model, inputs["val"][rows], meta.score, bs,
                                          params.seed, device)
     write_json(args.out / "evaluation.json", metrics)
 

@@ -40,8 +40,8 @@ def main() -> None:
     model, meta = train_autoencoder(params, args.arch, ImageCache(args.cache), classes, train, val,
                                     args.resume_dir, args.live)
     save_autoencoder(args.model, model, meta)
-    log.info("wrote %s (epoch %d, val reconstruction MSE %.5f)", args.model, meta["epoch"] + 1,
-             meta["best_val_loss"])
+    log.info("wrote %s (epoch %d, val reconstruction MSE %.5f)", args.model, meta.epoch + 1,
+             meta.best_val_loss)
 
 
 if __name__ == "__main__":

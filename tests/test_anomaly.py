@@ -27,7 +27,7 @@ from assurexray.data.synthetic.metadata import plan_rows
 from assurexray.data.synthetic.render import render_image
 from assurexray.errors import AssureXRayError
 from assurexray.params import Params
-from assurexray.training.checkpoint import CheckpointError
+from assurexray.training.checkpoint import PROVENANCE_META, CheckpointError
 from assurexray.training.loop import SplitData
 
 CLASSES = ["Normal", "Benign", "Malignant"]
@@ -96,7 +96,7 @@ def test_training_reads_normal_images_only(twin, trained):
     abnormal_rows = {cache.row_of(i) for i, y in zip(ids, labels) if y != 0}
     assert read, "the spy saw no image reads"
     assert not read & abnormal_rows, "a tumour image reached the autoencoder's loader"
-    assert meta["n_train_normals"] == 48
+    assert meta.n_train_normals == 48
 
 
 def test_normal_images_refuses_a_tumour_image(twin):
@@ -124,7 +124,7 @@ def test_reconstructs_normals_better_than_drawn_lesions_and_points_at_them(twin,
     cache, ids, _ = twin
     model, meta, _ = trained
     held_out = input_tensors(cache, ids[56:72], SIZE)   # normals it never saw
-    check = identity_check(model, held_out, meta["score"], 8, seed=0)
+    check = identity_check(model, held_out, meta.score, 8, seed=0)
     # Seen here: 0.75-0.81 of the images, error ratio 4.2-4.6, pointing 0.31-0.38 against a
     # chance of 0.07, lesion copy 0.06-0.08 (two training seeds); the bounds keep a margin.
     assert check["lesion_raises_score"]["mse"] >= 0.65
@@ -140,7 +140,15 @@ def test_checkpoint_round_trip_and_kind_check(trained, tmp_path):
     loaded, loaded_meta = load_autoencoder(path)
     x = torch.rand(2, 1, SIZE, SIZE)
     assert torch.allclose(loaded(x), model.eval()(x))
-    assert loaded_meta["kind"] == "autoencoder" and loaded_meta["git_rev"]
+    assert loaded_meta == dataclasses.replace(meta, **{k: getattr(loaded_meta, k) for k in PROVENANCE_META})
+    assert loaded_meta.git_rev and torch.load(path, weights_only=True)["meta"]["kind"] == "autoencoder"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded_meta.epoch = 0   # type: ignore[misc]
+    stored = torch.load(path, weights_only=True)
+    del stored["meta"]["best_val_loss"]
+    torch.save(stored, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old.pt: meta lacks \['best_val_loss'\]"):
+        load_autoencoder(tmp_path / "old.pt")
     torch.save({"state_dict": {}, "meta": {"backbone": "resnet18"}}, tmp_path / "clf.pt")
     with pytest.raises(CheckpointError, match="not an autoencoder"):
         load_autoencoder(tmp_path / "clf.pt")
@@ -151,7 +159,7 @@ def test_scores_and_maps(trained):
     clean = torch.rand(3, 1, SIZE, SIZE) * 0.5
     lesioned, masks, boxes = draw_lesions(clean, np.random.default_rng(1))
     assert masks.any(axis=(1, 2)).all() and len(boxes) == 3
-    result = score_inputs(model, lesioned, meta["score"], 2)
+    result = score_inputs(model, lesioned, meta.score, 2)
     assert result.maps.shape == (3, SIZE, SIZE)
     assert (result.scores["topk"] >= result.scores["mse"]).all()
     assert ((result.scores["ssim"] >= 0) & (result.scores["ssim"] <= 2)).all()

@@ -218,20 +218,19 @@ class Predictor:
         return compute_cams(self.classifier.cam_model(), torch.from_numpy(inputs), targets, method)
 
     def _add_anomaly(self, records, paths, boxed, ok, start) -> None:
-        from assurexray.anomaly.detector import score_any  # imports torch
+        from assurexray.anomaly.detector import score_any, summary  # imports torch
         assert self.anomaly is not None  # called only with an anomaly model loaded
         model, meta, path, map_dir = self.anomaly
         result = score_any(model, meta, boxed, self.batch_size, self.classifier.device)
-        primary = meta["score"]["primary"]
+        arch, primary, threshold = summary(meta)
         if map_dir is not None:
             map_dir.mkdir(parents=True, exist_ok=True)
         for j, i in enumerate(ok):
             scores = {name: float(v[j]) for name, v in result.scores.items()}
             entry = {"score": scores[primary], "primary": primary, "scores": scores,
-                     "checkpoint": str(path), "arch": meta["arch"]}
-            if meta.get("threshold") is not None:   # a feature detector's validation Youden point
-                entry["decision"] = {"anomalous": scores[primary] >= meta["threshold"],
-                                     "threshold": meta["threshold"]}
+                     "checkpoint": str(path), "arch": arch}
+            if threshold is not None:   # a feature detector's validation Youden point
+                entry["decision"] = {"anomalous": scores[primary] >= threshold, "threshold": threshold}
             if map_dir is not None:
                 amap = result.maps[j] / max(float(result.maps[j].max()), 1e-12)
                 png = map_dir / f"{start + i:05d}_{paths[j].stem}.png"

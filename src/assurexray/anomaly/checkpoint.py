@@ -8,7 +8,9 @@ grayscale), the score settings and the normal class it was trained on.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,9 +18,12 @@ from torch import nn
 
 from assurexray.anomaly.models import build_autoencoder
 from assurexray.training.checkpoint import (
+    PROVENANCE_META,
+    UNKNOWN_PROVENANCE,
     CheckpointError,
     _check_plain,
     atomic_save,
+    meta_from_dict,
     provenance,
     provenance_path,
     read_payload,
@@ -29,19 +34,39 @@ KIND = "autoencoder"
 # A file in the checkpoint's place holding only why no detector was trained (DVC needs the
 # stage's outputs; readers get the reason).
 NOT_TRAINED = "not_trained"
-REQUIRED_META = ("arch", "config", "image_size", "cache_size", "classes", "normal_class", "score",
-                 "params", "split", "epoch", "best_val_loss")
 
 
-def save_autoencoder(path: str | Path, model: nn.Module, meta: dict) -> None:
+@dataclass(frozen=True)
+class AutoencoderMeta:
+    """An autoencoder checkpoint's metadata, as the classifier's CheckpointMeta: every field
+    without a default must be in every checkpoint, and a missing, unknown or mistyped key stops
+    loading with a CheckpointError naming file and key."""
+    arch: str                    # anomaly.models.ARCHS
+    config: dict                 # the constructor keywords (build_autoencoder)
+    image_size: int              # model input side (px); inputs are [0, 1] grayscale
+    cache_size: int              # letterbox side of the cache it was trained on
+    classes: list[str]           # the source's classes, in the index's order
+    normal_class: str            # the class it learnt from
+    score: dict                  # AnomalyScoreParams as plain data (primary score, top-k, ...)
+    noise_std: float             # > 0: trained as a denoising autoencoder
+    params: dict                 # params.yaml as trained
+    split: str
+    epoch: int                   # the selected epoch, 0-based
+    best_val_loss: float         # validation reconstruction MSE at that epoch
+    n_train_normals: int
+    # Provenance: written to the sidecar, merged back by load_autoencoder.
+    git_rev: str | None = None
+    git_dirty: bool | None = None
+    created_at: str | None = None
+
+
+def save_autoencoder(path: str | Path, model: nn.Module, meta: AutoencoderMeta) -> None:
     path = Path(path)
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: meta lacks {missing}")
-    meta = {**meta, "kind": KIND}
-    _check_plain(meta, "meta")
+    plain = {k: v for k, v in dataclasses.asdict(meta).items() if k not in PROVENANCE_META}
+    _check_plain(plain, "meta")
+    meta_from_dict(plain, path, AutoencoderMeta)  # what is written must load back
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_save({"state_dict": state, "meta": meta}, path)
+    atomic_save({"state_dict": state, "meta": {**plain, "kind": KIND}}, path)
     # As the classifier's: provenance in a sidecar, so identical weights are identical bytes.
     provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
@@ -61,7 +86,8 @@ def save_not_trained(path: str | Path, reason: str) -> None:
     provenance_path(path).write_text(json.dumps(provenance(), indent=2) + "\n")
 
 
-def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[nn.Module, AutoencoderMeta]:
     """Rebuild the autoencoder from its meta and load the weights (eval mode); ``NotTrained``
     when the file holds only the reason none was trained."""
     path = Path(path)
@@ -72,19 +98,20 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu") -> tu
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{path}: not an autoencoder checkpoint (a classifier goes to "
                               "--checkpoint, an autoencoder to --anomaly-checkpoint)")
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing or "state_dict" not in payload:
-        raise CheckpointError(f"{path}: meta lacks {missing or ['state_dict']}")
-    model = build_autoencoder(meta["arch"], meta["image_size"], meta["config"])
+    if "state_dict" not in payload:
+        raise CheckpointError(f"{path}: meta lacks ['state_dict']")
+    stored = {k: v for k, v in meta.items() if k != "kind"}
+    ae = meta_from_dict({**UNKNOWN_PROVENANCE, **stored, **read_provenance(path)}, path, AutoencoderMeta)
+    model = build_autoencoder(ae.arch, ae.image_size, ae.config)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {meta['arch']}: {exc}") from exc
-    return model.to(device).eval(), {**meta, **read_provenance(path)}
+        raise CheckpointError(f"{path}: weights do not fit {ae.arch}: {exc}") from exc
+    return model.to(device).eval(), ae
 
 
-def check_cache_size(meta: dict, cache, cache_dir) -> None:
+def check_cache_size(meta: AutoencoderMeta, cache, cache_dir) -> None:
     """The autoencoder must see images letterboxed at the size it was trained on."""
-    if cache.size != meta["cache_size"]:
+    if cache.size != meta.cache_size:
         raise CheckpointError(f"{cache_dir}: cache images are {cache.size} px but the autoencoder "
-                              f"was trained on a {meta['cache_size']} px cache; rerun anomaly_train")
+                              f"was trained on a {meta.cache_size} px cache; rerun anomaly_train")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from assurexray.anomaly import padim, patchcore
-from assurexray.anomaly.checkpoint import NOT_TRAINED, NotTrained, load_autoencoder
+from assurexray.anomaly.checkpoint import NOT_TRAINED, AutoencoderMeta, NotTrained, load_autoencoder
 from assurexray.anomaly.features import FeatureExtractor, patch_features
 from assurexray.anomaly.scoring import AnomalyResult, score_letterboxed
 from assurexray.training.checkpoint import (
@@ -140,7 +140,15 @@ def load_anomaly_model(path: str | Path, device: torch.device | str = "cpu"):
     return load_detector(path) if kind == KIND else load_autoencoder(path, device)
 
 
-def score_any(model, meta: dict, images: list[np.ndarray], batch_size: int,
+def summary(meta) -> tuple[str, str, float | None]:
+    """(arch, primary score, decision threshold or None) of either kind's meta: an autoencoder's
+    AutoencoderMeta has no threshold; a feature detector's meta holds its validation Youden point."""
+    if isinstance(meta, AutoencoderMeta):
+        return meta.arch, meta.score["primary"], None
+    return meta["arch"], meta["score"]["primary"], meta.get("threshold")
+
+
+def score_any(model, meta, images: list[np.ndarray], batch_size: int,
               device: torch.device | str = "cpu") -> AnomalyResult:
     """Scores and maps of letterboxed images by either kind of anomaly model."""
     if isinstance(model, FeatureDetector):

@@ -20,6 +20,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from assurexray.anomaly.checkpoint import AutoencoderMeta
 from assurexray.anomaly.data import ae_transform
 
 SCORES = ("mse", "ssim", "topk")
@@ -73,13 +74,13 @@ def score_inputs(model: torch.nn.Module, inputs: torch.Tensor, score: dict, batc
                          recons[:, 0].numpy())
 
 
-def score_letterboxed(model: torch.nn.Module, meta: dict, images: list[np.ndarray],
+def score_letterboxed(model: torch.nn.Module, meta: AutoencoderMeta, images: list[np.ndarray],
                       batch_size: int, device: torch.device | str = "cpu") -> AnomalyResult:
     """Scores and maps (model frame) of letterboxed uint8 images, e.g. ``predict``'s batch.
 
     A letterboxed square resized is the letterbox at the new size, so images boxed at another
     cache size than the autoencoder's need nothing more than the transform's resize.
     """
-    transform = ae_transform(meta["image_size"], train=False)
+    transform = ae_transform(meta.image_size, train=False)
     inputs = torch.stack([transform(image=np.ascontiguousarray(im))["image"] for im in images])
-    return score_inputs(model, inputs, meta["score"], batch_size, device)
+    return score_inputs(model, inputs, meta.score, batch_size, device)

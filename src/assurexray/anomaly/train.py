@@ -24,6 +24,7 @@ from torch import nn
 
 from assurexray.anomaly import data as ae_data
 from assurexray.anomaly import models as ae_models
+from assurexray.anomaly.checkpoint import AutoencoderMeta
 from assurexray.anomaly.data import NormalImages, ae_transform, normal_index, normal_subset
 from assurexray.anomaly.models import architecture_config, build_autoencoder, count_parameters
 from assurexray.data.datasets import make_loader, seed_epoch
@@ -62,7 +63,7 @@ class AutoencoderLoop(Loop):
 
 def train_autoencoder(params: Params, arch: str, cache, classes: list[str], train: SplitData,
                       val: SplitData, resume_dir: str | Path, live_dir: str | Path
-                      ) -> tuple[nn.Module, dict]:
+                      ) -> tuple[nn.Module, AutoencoderMeta]:
     """Fit ``arch`` on the normal images of ``train``; return the best model (CPU) and its meta."""
     ap, tp = params.anomaly, params.anomaly.train
     arch_params = getattr(ap, arch)
@@ -90,11 +91,11 @@ def train_autoencoder(params: Params, arch: str, cache, classes: list[str], trai
     best_state, state = fit(model, train_loader, val_loader, tp, params.seed, device,
                             Path(resume_dir) / RESUME_FILE, live_dir, fingerprint)
     model.load_state_dict(best_state)
-    meta = {"arch": arch, "config": config, "image_size": ap.image_size, "cache_size": cache_size,
-            "classes": list(classes), "normal_class": classes[normal],
-            "score": asdict(ap.score), "noise_std": arch_params.noise_std,
-            "params": to_dict(params), "split": params.split, "epoch": state.best_epoch,
-            "best_val_loss": state.best_metric, "n_train_normals": len(train_ids)}
+    meta = AutoencoderMeta(arch=arch, config=config, image_size=ap.image_size, cache_size=cache_size,
+                           classes=list(classes), normal_class=classes[normal],
+                           score=asdict(ap.score), noise_std=arch_params.noise_std,
+                           params=to_dict(params), split=params.split, epoch=state.best_epoch,
+                           best_val_loss=state.best_metric, n_train_normals=len(train_ids))
     return model.cpu().eval(), meta
 
 

@@ -102,17 +102,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     return model.to(device).eval(), meta
 
 
-def meta_from_dict(raw, path: Path) -> CheckpointMeta:
-    """A stored meta mapping -> CheckpointMeta; CheckpointError names the file and the key."""
+def meta_from_dict(raw, path: Path, cls: type = CheckpointMeta):
+    """A stored meta mapping -> ``cls`` (CheckpointMeta, or the autoencoder's AutoencoderMeta);
+    CheckpointError names the file and the key."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: meta is a {type(raw).__name__}, not a mapping")
-    required = [f.name for f in dataclasses.fields(CheckpointMeta)
+    required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING]
     missing = [k for k in required if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: meta lacks {missing}")
     try:  # params' schema check: unknown keys and wrong types, named
-        return from_dict(CheckpointMeta, raw, "meta.")
+        return from_dict(cls, raw, "meta.")
     except ParamsError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
 
