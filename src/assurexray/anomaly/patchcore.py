@@ -11,24 +11,11 @@ anomaly score is its distance to the nearest bank patches.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
+from assurexray.inference.streams import forward_streams
+
 QUERY_CHUNK = 4096
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch thread: the greedy loop's small matrix-vector products run several times
-    faster on one thread than split over cores (thread hand-offs dominate each pick)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def greedy_coreset(points: torch.Tensor, n: int, start: int = 0) -> torch.Tensor:
@@ -39,7 +26,9 @@ def greedy_coreset(points: torch.Tensor, n: int, start: int = 0) -> torch.Tensor
     picked = torch.empty(n, dtype=torch.long)
     nearest = torch.full((len(x),), float("inf"))
     index = start
-    with single_thread():
+    # One torch thread (as a forward stream): each pick's small matrix-vector product runs
+    # several times faster than split over the cores, where thread hand-offs dominate.
+    with forward_streams(torch.device("cpu")):
         for j in range(n):
             picked[j] = index
             centre = x[index]
@@ -75,8 +64,16 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torc
     return torch.cat(out) if out else torch.empty(0, k)
 
 
-def patch_scores(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, h, w) mean distance of each patch of (N, C, h, w) features to its k nearest."""
+def patch_scores_by_k(features: torch.Tensor, bank: torch.Tensor, ks: list[int]
+                      ) -> dict[int, torch.Tensor]:
+    """{k: (N, h, w) mean distance of each patch of (N, C, h, w) features to its k nearest},
+    from one search for the largest k."""
     n, c, h, w = features.shape
     flat = features.permute(0, 2, 3, 1).reshape(-1, c)
-    return nearest_distances(flat, bank, k).mean(1).reshape(n, h, w)
+    distances = nearest_distances(flat, bank, max(ks))
+    return {k: distances[:, :k].mean(1).reshape(n, h, w) for k in ks}
+
+
+def patch_scores(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, h, w) mean distance of each patch of (N, C, h, w) features to its k nearest."""
+    return patch_scores_by_k(features, bank, [k])[k]

@@ -30,8 +30,8 @@ class SelectionError(AssureXRayError, ValueError):
 
 def patchcore_states(params: AnomalyParams, train: Levels, layers: list[int], seed: int
                      ) -> Iterator[tuple[dict, dict | None]]:
-    """(settings, state or None when over the size cap) for each coreset ratio and k; one
-    greedy run serves every ratio (its first n picks are the run to n)."""
+    """(settings, state or None when over the size cap) for each coreset ratio; one greedy run
+    serves every ratio (its first n picks are the run to n)."""
     pc = params.patchcore
     flat = flatten_patches(patch_features(train, layers))
     sizes = {r: max(1, math.ceil(r * len(flat))) for r in pc.coreset_ratios}
@@ -39,9 +39,16 @@ def patchcore_states(params: AnomalyParams, train: Levels, layers: list[int], se
     for ratio, n in sizes.items():
         bank = flat[order[:n]].contiguous()
         over = bank.numel() * bank.element_size() > pc.max_bank_mb * 2 ** 20
-        for k in pc.neighbours:
-            yield {"coreset_ratio": ratio, "k": k, "bank_patches": n}, None if over else {
-                "bank": bank}
+        yield {"coreset_ratio": ratio, "bank_patches": n}, None if over else {"bank": bank}
+
+
+def patchcore_val_maps(params: AnomalyParams, layers: list[int], state: dict, val: Levels
+                       ) -> Iterator[tuple[dict, torch.Tensor]]:
+    """({"k": k}, validation patch maps) for every k, from one neighbour search."""
+    by_k = patchcore.patch_scores_by_k(patch_features(val, layers), state["bank"],
+                                       params.patchcore.neighbours)
+    for k, maps in by_k.items():
+        yield {"k": k}, maps
 
 
 def padim_states(params: AnomalyParams, train: Levels, layers: list[int], seed: int
@@ -52,7 +59,13 @@ def padim_states(params: AnomalyParams, train: Levels, layers: list[int], seed: 
     yield {"dims": len(channels)}, {"channels": channels, "mean": mean, "precision": precision}
 
 
+def padim_val_maps(params: AnomalyParams, layers: list[int], state: dict, val: Levels
+                   ) -> Iterator[tuple[dict, torch.Tensor]]:
+    yield {}, patch_maps({"detector": "padim", "layers": layers}, state, val)
+
+
 STATES = {"patchcore": patchcore_states, "padim": padim_states}
+VAL_MAPS = {"patchcore": patchcore_val_maps, "padim": padim_val_maps}
 
 
 def select(detector: str, params: AnomalyParams, levels: dict[int, dict[str, Levels]],
@@ -72,13 +85,15 @@ def select(detector: str, params: AnomalyParams, levels: dict[int, dict[str, Lev
                 if state is None:
                     candidates.append({**config, "skipped": "memory bank over max_bank_mb"})
                     continue
-                maps = patch_maps(config, state, levels[size]["val"])
-                for how in ft.aggregations:
-                    auc = float(ovr_auc(val_positive, aggregate(maps, how, ft.topk_percent)))
-                    candidates.append({**config, "aggregation": how, "val_auc": auc,
-                                       "state_mb": state_bytes(state) / 2 ** 20})
-                    if best is None or auc > best[0]:
-                        best = (auc, {**config, "aggregation": how}, state)
+                for extra, maps in VAL_MAPS[detector](params, config["layers"], state,
+                                                      levels[size]["val"]):
+                    for how in ft.aggregations:
+                        auc = float(ovr_auc(val_positive, aggregate(maps, how, ft.topk_percent)))
+                        chosen = {**config, **extra, "aggregation": how}
+                        candidates.append({**chosen, "val_auc": auc,
+                                           "state_mb": state_bytes(state) / 2 ** 20})
+                        if best is None or auc > best[0]:
+                            best = (auc, chosen, state)
     if best is None:
         raise SelectionError(f"anomaly.{detector}: no candidate could be fitted: "
                              f"{candidates[0].get('skipped') if candidates else 'empty grid'}")
