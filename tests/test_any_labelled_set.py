@@ -44,7 +44,7 @@ def test_dvc_repro_runs_to_the_end_and_says_what_does_not_apply(case, tmp_path):
             assert f"localization and faithfulness do not apply: {NO_BOX}" in doc
 
     if "Normal" in classes:
-        assert set(anomaly["architectures"]) == {"unet", "reversed"}
+        assert set(anomaly["architectures"]) == {"unet", "reversed", "patchcore", "padim"}
         assert anomaly["comparison"]["classifier"]["auc"]["value"] is not None
     else:
         assert anomaly["applicable"] is False and NO_NORMAL in anomaly["reason"]
