@@ -101,7 +101,7 @@ def runs(tmp_path_factory) -> dict:
     # Plain CE: a class-weighted mean normalises by each process's own weight sum.
     root = make_project(tmp_path_factory.mktemp("ddp"),
                         {"data": {"synthetic": {"n_images": 160}},
-                         "train": {"epochs": 6, "loss": "ce"}})
+                         "train": {"epochs": 6, "patience": 0, "loss": "ce"}})
     run(["dvc", "repro", "train"], root)
     single = tmp_path_factory.mktemp("single")
     shutil.copytree(root / "dvclive", single / "dvclive")

@@ -79,7 +79,7 @@ def test_repro_experiment_and_metrics_diff(project):
     for out in ("metrics/evaluate.json", "models/model.pt", "data/quality.csv"):
         assert (project / out).exists(), out
     anomaly = json.loads((project / "metrics/anomaly.json").read_text())
-    assert set(anomaly["architectures"]) == {"unet", "reversed"}
+    assert set(anomaly["architectures"]) == {"unet", "reversed", "patchcore", "padim"}
     assert set(anomaly["comparison"]) == {"unet", "reversed", "classifier"}
     for arch in ("unet", "reversed"):
         assert (project / f"models/anomaly/{arch}.pt").exists()

@@ -265,7 +265,11 @@ def test_explain_stage_without_lesion_annotations(project):
     produced, localization and ROAD say why they do not apply, the CAM layer stays the
     a-priori one."""
     DatasetInfo("manifest", CLASSES, str(project)).save(project / "dataset.json")
+    ids = pd.concat([pd.read_csv(project / "predictions" / f"{part}.csv")["image_id"]
+                     for part in ("val", "test")])
+    pd.DataFrame({"image_id": ids, "group": ids}).to_csv(project / "groups.csv", index=False)
     run_stage("explain", "--params", str(project / "params.yaml"),
+              "--groups", str(project / "groups.csv"),
               "--model", str(project / "model.pt"), "--cache", str(project / "cache"),
               "--predictions", str(project / "predictions" / "test.csv"),
               "--val-predictions", str(project / "predictions" / "val.csv"),
