@@ -245,7 +245,7 @@ class AnomalyFeatureParams:
     backbone: str = "tf_efficientnet_lite0"
     init: Literal["scratch", "package", "file", "hub"] = "package"
     weights_path: str | None = None
-    image_sizes: list[int] = field(default_factory=lambda: [128, 256])
+    image_sizes: list[int] = field(default_factory=lambda: [256])
     layer_sets: list[list[int]] = field(default_factory=lambda: [[2], [2, 3]])  # feature_info levels
     aggregations: list[Literal["max", "topk"]] = field(default_factory=lambda: ["max", "topk"])
     topk_percent: float = 1.0    # topk image score: mean of the top k% patch scores
