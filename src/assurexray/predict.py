@@ -218,23 +218,18 @@ class Predictor:
         return compute_cams(self.classifier.cam_model(), torch.from_numpy(inputs), targets, method)
 
     def _add_anomaly(self, records, paths, boxed, ok, start) -> None:
-        from assurexray.anomaly.detector import score_any, summary  # imports torch
+        from assurexray.anomaly.detector import anomaly_entries  # imports torch
         assert self.anomaly is not None  # called only with an anomaly model loaded
         model, meta, path, map_dir = self.anomaly
-        result = score_any(model, meta, boxed, self.batch_size, self.classifier.device)
-        arch, primary, threshold = summary(meta)
+        entries, maps = anomaly_entries(model, meta, boxed, self.batch_size,
+                                        self.classifier.device)
         if map_dir is not None:
             map_dir.mkdir(parents=True, exist_ok=True)
         for j, i in enumerate(ok):
-            scores = {name: float(v[j]) for name, v in result.scores.items()}
-            entry = {"score": scores[primary], "primary": primary, "scores": scores,
-                     "checkpoint": str(path), "arch": arch}
-            if threshold is not None:   # a feature detector's validation Youden point
-                entry["decision"] = {"anomalous": scores[primary] >= threshold, "threshold": threshold}
+            entry = {**entries[j], "checkpoint": str(path)}
             if map_dir is not None:
-                amap = result.maps[j] / max(float(result.maps[j].max()), 1e-12)
                 png = map_dir / f"{start + i:05d}_{paths[j].stem}.png"
-                Image.fromarray(_overlay(boxed[j], amap)).save(png)
+                Image.fromarray(_overlay(boxed[j], maps[j])).save(png)
                 entry["map"] = str(png)
             records[i]["anomaly"] = entry
 

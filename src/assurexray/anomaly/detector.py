@@ -12,7 +12,8 @@ that localization's energy and thresholded region describe the excess over the i
 
 The checkpoint is the autoencoders' contract: ``{"state", "meta"}`` of plain tensors and plain
 data, written atomically, read with ``torch.load(weights_only=True)``, provenance in a sidecar;
-``meta["kind"] == "feature_detector"``. ``load_anomaly_model`` opens either kind (``predict``).
+``meta["kind"] == "feature_detector"``. ``load_anomaly_model`` opens either kind and
+``anomaly_entries`` gives each image's record entry (``predict`` and the service).
 """
 from __future__ import annotations
 
@@ -154,3 +155,26 @@ def score_any(model, meta, images: list[np.ndarray], batch_size: int,
     if isinstance(model, FeatureDetector):
         return model.score_letterboxed(images, batch_size)
     return score_letterboxed(model, meta, images, batch_size, device)
+
+
+def anomaly_entries(model, meta, images: list[np.ndarray], batch_size: int,
+                    device: torch.device | str = "cpu") -> tuple[list[dict], np.ndarray]:
+    """Each letterboxed image's ``anomaly`` entry and its map, by either kind of anomaly model.
+
+    An entry holds every score, the primary one as ``score``, ``primary``, ``arch`` and, for a
+    feature detector, ``decision`` at its validation Youden point (score >= threshold is
+    anomalous). Maps (N, S, S) are scaled by each image's own maximum to [0, 1]: an overlay's
+    colour scale, not comparable across images (the score is)."""
+    result = score_any(model, meta, images, batch_size, device)
+    arch, primary, threshold = summary(meta)
+    entries = []
+    for j in range(len(images)):
+        scores = {name: float(v[j]) for name, v in result.scores.items()}
+        entry: dict = {"score": scores[primary], "primary": primary, "scores": scores,
+                       "arch": arch}
+        if threshold is not None:
+            entry["decision"] = {"anomalous": scores[primary] >= threshold,
+                                 "threshold": threshold}
+        entries.append(entry)
+    peaks = np.maximum(result.maps.max(axis=(1, 2)), 1e-12)   # a flat map stays 0, not NaN
+    return entries, result.maps / peaks[:, None, None]

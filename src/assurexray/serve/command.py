@@ -2,8 +2,9 @@
 
 Reads the pipeline's outputs: the checkpoint (with its temperature), the training reference
 of the reference stage (drift and out-of-distribution checks), the operating points calibrate
-chose on validation with their test rates measured by analyze (``--test-rates``), and the
-``serve:`` limits of params.yaml. API keys come from
+chose on validation with their test rates measured by analyze (``--test-rates``), optionally an
+anomaly model (``--anomaly-checkpoint``: its score, and a feature detector's decision, beside
+every result), and the ``serve:`` limits of params.yaml. API keys come from
 ASSUREXRAY_API_KEYS (comma-separated) and/or --api-key-file, never from params.yaml. Listening
 beyond loopback without a key is refused unless --insecure is given. Requests must name the
 server in their Host header by a loopback name, the --host address or an --allowed-host name.
@@ -19,7 +20,7 @@ import uvicorn
 from assurexray import NOT_FOR_CLINICAL_USE
 from assurexray.inference.classifier import DEFAULT_TEST_RATES
 from assurexray.serve.app import create_app
-from assurexray.serve.deps import ServeConfigError, Settings, allowed_hosts, check_bind
+from assurexray.serve.deps import Settings, allowed_hosts, check_bind, check_files
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the analyze stage's metrics of the checkpoint's run (default "
                              f"{DEFAULT_TEST_RATES} with the default checkpoint, when present): "
                              "each decision quotes its test rates beside the validation ones")
+    parser.add_argument("--anomaly-checkpoint", type=Path,
+                        help="an anomaly model (models/anomaly/<arch or detector>.pt): every "
+                             "result gets its score (a detector's decision too); "
+                             "/predict?anomaly_map=true adds its map (default: none)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="params.yaml for the serve: limits")
     parser.add_argument("--host", default="127.0.0.1")
@@ -48,15 +53,12 @@ def run(args: argparse.Namespace) -> int:
                                      and DEFAULT_TEST_RATES.is_file() else None)
     settings = Settings.from_env(checkpoint=args.checkpoint, reference=args.reference,
                                  test_rates=test_rates,
+                                 anomaly_checkpoint=args.anomaly_checkpoint,
                                  params=args.params,
                                  api_key_file=args.api_key_file,
                                  allowed_hosts=allowed_hosts(args.host, args.allowed_host))
     check_bind(args.host, settings, args.insecure)
-    for name in ("checkpoint", "reference", "test_rates"):   # fail now, not after startup
-        path = getattr(settings, name)
-        if path is not None and not path.is_file():
-            raise ServeConfigError(f"{path}: not found; run `dvc repro` (or pass "
-                                   f"--{name.replace('_', '-')})")
+    check_files(settings)
     if settings.test_rates is None:
         log.warning("no test rates (--test-rates): decisions quote validation rates only, "
                     "measured on the images their thresholds were chosen on")

@@ -24,6 +24,7 @@ from assurexray.params import ServeParams, load_params
 
 KEYS_ENV = "ASSUREXRAY_API_KEYS"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+PATHS = ("checkpoint", "reference", "test_rates", "anomaly_checkpoint")   # Settings' input files
 
 
 class ServeConfigError(AssureXRayError, ValueError):
@@ -36,6 +37,8 @@ class Settings:
     reference: Path | None = Path("models/reference.npz")
     # The analyze stage's metrics of the checkpoint's run: test rates quoted beside decisions.
     test_rates: Path | None = None
+    # An anomaly model (models/anomaly/<name>.pt): its score beside every result.
+    anomaly_checkpoint: Path | None = None
     limits: ServeParams = field(default_factory=ServeParams)
     engine: str = "onnxruntime"   # inference.engine of params.yaml
     api_keys: frozenset[str] = frozenset()
@@ -43,10 +46,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, env=os.environ, **overrides) -> Settings:
-        """``ASSUREXRAY_CHECKPOINT``, ``_REFERENCE``, ``_TEST_RATES`` (empty: none), ``_PARAMS``,
-        ``_API_KEYS``, ``_API_KEY_FILE``; keyword arguments (the command line) win."""
+        """``ASSUREXRAY_CHECKPOINT``, ``_REFERENCE``, ``_TEST_RATES``, ``_ANOMALY_CHECKPOINT``
+        (empty: none), ``_PARAMS``, ``_API_KEYS``, ``_API_KEY_FILE``; keyword arguments (the
+        command line) win."""
         values: dict = {}
-        for name in ("checkpoint", "reference", "test_rates"):
+        for name in PATHS:
             raw = env.get(f"ASSUREXRAY_{name.upper()}")
             if raw is not None:
                 values[name] = Path(raw) if raw else None
@@ -58,6 +62,15 @@ class Settings:
         values["api_keys"] = read_api_keys(env.get(KEYS_ENV, ""), key_file)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def check_files(settings: Settings) -> None:
+    """Every configured input file exists: fail at start-up, not after it."""
+    for name in PATHS:
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ServeConfigError(f"{path} (--{name.replace('_', '-')}): not found; run "
+                                   "`dvc repro` or give the path of an existing file")
 
 
 def read_api_keys(env_value: str, key_file: str | Path | None) -> frozenset[str]:

@@ -1,4 +1,5 @@
-"""The loaded service: the inference core behind the micro-batcher, Grad-CAM, telemetry.
+"""The loaded service: the inference core behind the micro-batcher, Grad-CAM, the optional
+anomaly detector, telemetry.
 
 ``classify`` takes the bytes of one upload (held in memory only) and returns the result or
 raises ``InputError`` with the HTTP status and a reason safe to show (no path, no trace).
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from assurexray.inference.ood import RejectedInput
 from assurexray.serve.batching import MicroBatcher, QueueFull, Submit
 from assurexray.serve.deps import Settings
 from assurexray.serve.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from assurexray.serve.anomaly import ServedDetector
 
 log = logging.getLogger(__name__)
 UPLOAD_NAME = "upload"   # uploads are never named in messages or logs
@@ -49,30 +54,38 @@ class Service:
         self.started = time.time()
         self.classifier: Classifier | None = None
         self.batcher: MicroBatcher | None = None
+        self.detector: ServedDetector | None = None   # --anomaly-checkpoint
         self._cam_lock = threading.Lock()
+        self._anomaly_lock = threading.Lock()
         # decoding holds up to about 5 x max_decoded_mb per image: this bounds how many at once
         self._decode_slots = threading.BoundedSemaphore(self.limits.decode_slots)
         self._streams = contextlib.ExitStack()
 
     def load(self) -> None:
-        """Load the checkpoint, reference and operating point; start the batcher."""
+        """Load the checkpoint, reference, operating point and anomaly detector; start the
+        batcher."""
         s = self.settings
         try:
             classifier = Classifier.from_files(s.checkpoint, s.reference, s.engine)
             if s.test_rates is not None:   # another run's file is refused, as a reference is
                 classifier.load_test_rates(s.test_rates)
+            detector = _load_detector(s.anomaly_checkpoint, classifier.device)
         except Exception as exc:  # /health and the data routes report it; so does the log
-            self.error = _without_paths(str(exc), s.checkpoint, s.reference, s.test_rates)
+            self.error = _without_paths(str(exc), s.checkpoint, s.reference, s.test_rates,
+                                        s.anomaly_checkpoint)
             log.error("the model could not be loaded: %s", exc)
             return
         streams = self._streams.enter_context(classifier.engine.streams())
         self.batcher = MicroBatcher(classifier.forward, self.limits.micro_batch,
                                     self.limits.micro_batch_wait_ms / 1000, self.limits.queue_size,
                                     self.telemetry.batch_size.observe, streams)
+        self.detector = detector
         self.classifier, self.ready = classifier, True   # last: loaded means batching too
         log.info("model loaded: %s (%s), %s engine, %d forward stream(s)",
                  classifier.meta.backbone, classifier.identity["checkpoint_sha256"][:12],
                  classifier.engine.name, streams)
+        if detector is not None:
+            log.info("anomaly detector loaded: %s", detector.identity)
 
     @property
     def loaded(self) -> Classifier:
@@ -121,10 +134,12 @@ class Service:
             yield submit
 
     def classify(self, data: bytes, gradcam: bool = False, submit: Submit | None = None,
-                 deadline: float | None = None) -> dict:
+                 deadline: float | None = None, anomaly_map: bool = False) -> dict:
         """The result for one upload; ``submit``: from ``arrival`` when the request was
         announced on arrival (else it is announced here); ``deadline``: ``time.monotonic()``
-        by which the request must be answered (the guard's; default request_timeout_s from now)."""
+        by which the request must be answered (the guard's; default request_timeout_s from now).
+        With a detector loaded the result carries ``anomaly`` (and, with ``anomaly_map``, its
+        overlay); without one ``anomaly_map`` asks for nothing."""
         classifier = self.loaded
         if deadline is None:
             deadline = time.monotonic() + self.limits.request_timeout_s
@@ -137,6 +152,8 @@ class Service:
         result = {"format": fmt, **result}
         if gradcam:
             result.update(self._cam(prepared, classifier.classes.index(result["pred"]), deadline))
+        if self.detector is not None:
+            result.update(self._anomaly(self.detector, prepared, anomaly_map, deadline))
         return result
 
     def _infer(self, data: bytes, submit: Submit,
@@ -172,6 +189,21 @@ class Service:
         return {"gradcam_class": self.loaded.classes[target],
                 "image_png": _png(prepared.boxed), "gradcam_png": _png(overlay(prepared.boxed, cam))}
 
+    def _anomaly(self, detector: ServedDetector, prepared: Prepared, with_map: bool,
+                 deadline: float) -> dict:
+        """The detector's entry on the image the classifier saw. One request at a time, like
+        Grad-CAM: concurrent torch passes would each take every core, and their memory at once."""
+        if not self._anomaly_lock.acquire(timeout=_left(deadline)):
+            raise InputError(504, "timeout", "anomaly detector not started before the request "
+                                             "timeout")
+        try:
+            entry, amap = detector.score(prepared.boxed)
+        finally:
+            self._anomaly_lock.release()
+        if not with_map:
+            return {"anomaly": entry}
+        return {"anomaly": entry, "anomaly_map_png": _png(overlay(prepared.boxed, amap))}
+
     def drift(self) -> dict:
         if self.loaded.reference is None:
             return {"drift": None, "note": "no training reference loaded: drift is not tested"}
@@ -188,9 +220,18 @@ class Service:
             body["model"] = c.identity
             body["operating_points"] = c.meta.operating_points
             body["ood_reference"] = c.reference is not None
+            body["anomaly_detector"] = self.detector.identity if self.detector else None
         elif self.error:
             body["error"] = self.error
         return body
+
+
+def _load_detector(path: Path | None, device) -> ServedDetector | None:
+    if path is None:
+        return None
+    # imported here: timm and torchmetrics load only when a detector is served
+    from assurexray.serve.anomaly import ServedDetector
+    return ServedDetector.load(path, device)
 
 
 def _left(deadline: float) -> float:

@@ -26,9 +26,11 @@ def _read(upload: UploadFile, service: Service) -> bytes:
 def predict(request: Request,
             file: UploadFile = File(..., description="the image; its type is read from its bytes"),
             gradcam: bool = Query(False, description="add the Grad-CAM overlay (PNG, base64)"),
+            anomaly_map: bool = Query(False, description="add the anomaly detector's map overlay "
+                                                         "(PNG, base64) when one is loaded"),
             service: Service = Depends(get_state)) -> dict:
     result = service.classify(_read(file, service), gradcam, request.state.submit,
-                              request.state.deadline)
+                              request.state.deadline, anomaly_map)
     return {**result, "notice": NOT_FOR_CLINICAL_USE}
 
 

@@ -1,4 +1,5 @@
-// AssureXRay viewer: upload one image, show the prediction, its bars and the Grad-CAM overlay.
+// AssureXRay viewer: upload one image, show the prediction, its bars and the Grad-CAM overlay,
+// and the anomaly detector's score, decision and map when the server has one.
 // Research use only. No external assets: everything here is served by the app.
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -76,6 +77,31 @@ function showDecision(result) {
     : "";
 }
 
+// The anomaly detector is a second, separate opinion: it learnt normal radiographs only, so its
+// threshold is said in words (a high score means "unlike the normals", not a diagnosis).
+const THRESHOLD_NOTE = "The threshold is the validation Youden point of a detector trained on " +
+  "normal radiographs only: at or above it, the image is unlike the normals it learnt.";
+const MAP_NOTE = "The anomaly map below is scaled to this image's own maximum.";
+
+function anomalyVerdict(a) {
+  const score = `Anomaly detector ${a.arch}: score ${a.score.toFixed(3)} (${a.primary})`;
+  const d = a.decision;
+  if (!d) return `${score}; this model has no decision threshold, only its score.`;
+  return `${score}: ${d.anomalous ? "ANOMALOUS" : "not anomalous"} (${d.anomalous ? "at or above" : "below"} ` +
+    `the threshold ${d.threshold.toFixed(3)}).`;
+}
+
+function showAnomaly(result) {
+  const a = result.anomaly;
+  $("anomalybox").hidden = !a;
+  if (!a) return;
+  $("anomaly").textContent = anomalyVerdict(a);
+  $("anomalynote").textContent =
+    [a.decision ? THRESHOLD_NOTE : "", result.anomaly_map_png ? MAP_NOTE : ""].join(" ").trim();
+  $("anomalymap").hidden = !result.anomaly_map_png;
+  if (result.anomaly_map_png) $("anomalymap").src = "data:image/png;base64," + result.anomaly_map_png;
+}
+
 async function classify(file) {
   $("status").textContent = "Classifying…";
   $("result").hidden = true;
@@ -84,7 +110,7 @@ async function classify(file) {
   const headers = keyField.value ? { "X-API-Key": keyField.value } : {};
   let response;
   try {
-    response = await fetch("/predict?gradcam=true", { method: "POST", body, headers });
+    response = await fetch("/predict?gradcam=true&anomaly_map=true", { method: "POST", body, headers });
   } catch (err) {
     $("status").textContent = "The server cannot be reached.";
     return;
@@ -99,6 +125,7 @@ async function classify(file) {
   $("camnote").textContent = `Grad-CAM of the predicted class (${result.gradcam_class}).`;
   showBars(result);
   showDecision(result);
+  showAnomaly(result);
   $("model").textContent =
     result.calibrated_probs ? "Bars show temperature-calibrated probabilities." : "Bars show probabilities.";
   $("result").hidden = false;
