@@ -104,7 +104,7 @@ class TrainParams:
     seed: int | None = None  # training's own seed (init, batches, augmentation); null = top-level
     devices: int = 1            # > 1: DDP through torchrun, one process per device
     precision: Literal["fp16", "bf16", "fp32"] = "fp16"  # GPU autocast; CPU always fp32
-    channels_last: bool = True  # GPU only
+    channels_last: bool = True  # CPU and GPU: the faster layout
 
 
 
@@ -246,7 +246,7 @@ class AnomalyFeatureParams:
     init: Literal["scratch", "package", "file", "hub"] = "package"
     weights_path: str | None = None
     image_sizes: list[int] = field(default_factory=lambda: [256])
-    layer_sets: list[list[int]] = field(default_factory=lambda: [[2], [2, 3]])  # feature_info levels
+    layer_sets: list[list[int]] = field(default_factory=lambda: [[3], [2, 3]])  # feature_info levels
     aggregations: list[Literal["max", "topk"]] = field(default_factory=lambda: ["max", "topk"])
     topk_percent: float = 1.0    # topk image score: mean of the top k% patch scores
     batch_size: int = 32
@@ -256,7 +256,7 @@ class AnomalyFeatureParams:
 class PatchCoreParams:
     coreset_ratios: list[float] = field(default_factory=lambda: [0.01])  # of the train patches
     neighbours: list[int] = field(default_factory=lambda: [1, 3])        # k of the k-NN distance
-    coreset_pool: int = 30000    # greedy selection runs on a random pool of this many patches
+    coreset_pool: int = 500000   # greedy selection runs on at most this many patches (a random pool)
     projection_dim: int = 32     # random projection for the greedy selection's distances
     max_bank_mb: float = 50.0    # candidates whose memory bank exceeds this are not fitted
 

@@ -4,16 +4,16 @@ anomaly score is its distance to the nearest bank patches.
 - ``greedy_coreset``: k-center greedy selection (each pick the point farthest from those picked),
   so the bank covers the normal patches with few points; a greedy run's first n picks are the
   run to n, so one run serves every candidate coreset size.
-- ``coreset``: the greedy run on a seeded random pool of patches in a random projection (the
-  full greedy costs every patch per pick: the pool keeps it to seconds on a CPU); the bank holds
-  the picked patches' full features.
+- ``coreset``: the greedy run in a random projection, on every patch or, past ``pool`` patches,
+  on a seeded random pool of them (each pick costs one pass over the pool: the cap bounds the
+  time on a large set); the bank holds the picked patches' full features. On the twin a pool of
+  every train patch scored validation AUC 0.957 (two seeds: 0.955-0.958), a 30,000-patch pool
+  0.90-0.93: the pool decides which rare normal patches the bank can cover.
 - ``nearest_distances``: exact Euclidean k-nearest-neighbour distances, in query chunks.
 """
 from __future__ import annotations
 
 import torch
-
-from assurexray.inference.streams import forward_streams
 
 QUERY_CHUNK = 4096
 
@@ -25,16 +25,17 @@ def greedy_coreset(points: torch.Tensor, n: int, start: int = 0) -> torch.Tensor
     squares = (x * x).sum(1)
     picked = torch.empty(n, dtype=torch.long)
     nearest = torch.full((len(x),), float("inf"))
+    distance = torch.empty_like(nearest)
     index = start
-    # One torch thread (as a forward stream): each pick's small matrix-vector product runs
-    # several times faster than split over the cores, where thread hand-offs dominate.
-    with forward_streams(torch.device("cpu")):
-        for j in range(n):
-            picked[j] = index
-            centre = x[index]
-            # squared distance to the new pick through one matrix-vector product
-            nearest = torch.minimum(nearest, squares - 2 * (x @ centre) + centre @ centre)
-            index = int(nearest.argmax())
+    for j in range(n):
+        picked[j] = index
+        centre = x[index]
+        # squared distance to the new pick: one fused matrix-vector product into a reused
+        # buffer (twice as fast as the unfused expression on a 400k-patch pool)
+        torch.addmv(squares, x, centre, alpha=-2, out=distance)
+        distance += centre @ centre
+        torch.minimum(nearest, distance, out=nearest)
+        index = int(nearest.argmax())
     return picked
 
 

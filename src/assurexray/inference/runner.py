@@ -36,7 +36,8 @@ def predict_logits(model: torch.nn.Module, data: Dataset | DataLoader, batch_siz
         with torch.inference_mode():
             for batch in progress(loader, desc="predict", unit="batch", leave=False):
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
-                chunks.append(model(images.to(device)).float().cpu().numpy())
+                inputs = images.to(device, memory_format=torch.channels_last)
+                chunks.append(model(inputs).float().cpu().numpy())
     finally:
         model.train(was_training)
     if not chunks:

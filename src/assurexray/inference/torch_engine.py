@@ -41,7 +41,7 @@ class TorchEngine:
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logits, embeddings) of a (N, 3, S, S) batch; thread-safe (concurrent streams)."""
-        inputs = torch.from_numpy(batch).to(self.torch_device)
+        inputs = torch.from_numpy(batch).to(self.torch_device, memory_format=torch.channels_last)
         with torch.inference_mode():
             return to_numpy(*self._module(inputs)(inputs))
 
