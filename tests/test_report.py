@@ -270,6 +270,8 @@ def test_figures_come_from_the_files(project):
     assert "| true Malignant | 10 | 0.400 | 0.120 | above chance (x3.33) |" in report  # no interval
     assert "n 40, 31 patient groups): combined score **0.062 (0.010-0.110)**" in report
     assert "pointing game **0.550 (0.380-0.710), 22/40** vs chance 0.180" in card
+    unet_row = "| unet | mse | 0.550 (0.500-0.600) | no |"   # the anomaly table, in both
+    assert unet_row in card and unet_row in report
     # published references are present and labelled as such
     for doc in (card, report):
         assert "published references, not results of this run" in doc

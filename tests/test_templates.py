@@ -69,7 +69,8 @@ CONTEXTS = {
         caveats=[], seed_spread="not measured",
         **{k: missing(k) for k in ("details", "bootstrap", "test_partition", "audit",
                                                "train_partitions", "headline", "operating_points",
-                                               "factors", "calibration", "robustness", "gradcam")}),
+                                               "factors", "calibration", "robustness", "gradcam",
+                                               "anomaly")}),
 }
 
 

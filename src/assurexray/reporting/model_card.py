@@ -117,6 +117,7 @@ def context(inputs: Inputs) -> dict:
         "robustness": guarded(lambda: sections.robustness_summary(i.robustness.data),
                               i.robustness),
         "gradcam": guarded(lambda: sections.gradcam_summary(i.explain.data), i.explain),
+        "anomaly": guarded(lambda: sections.anomaly(i.anomaly.data), i.anomaly),
         "caveats": sections.run_specific_caveats(i),
         "seed_spread": seed_spread(i.seed_spread, analysis),
         "published": published,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assurexray.anomaly.classifier_comparison import comparison_context
 from assurexray.evaluation.applicability import applies
 from assurexray.params import Params
 from assurexray.reporting import sections
@@ -143,13 +142,6 @@ def gradcam(explain: dict) -> dict:
             "summary": sections.gradcam_summary(explain)}
 
 
-def anomaly(summary: dict) -> dict:
-    """The anomaly section: the comparison, or why anomaly detection did not apply."""
-    if not applies(summary):
-        return {"not_applicable": summary["reason"]}
-    return comparison_context(summary["comparison"], summary["architectures"])
-
-
 def context(inputs: Inputs, doc_dir: Path) -> dict:
     """Everything report.md.j2 reads; figures are linked relative to ``doc_dir``."""
     i = inputs
@@ -173,7 +165,7 @@ def context(inputs: Inputs, doc_dir: Path) -> dict:
         "subgroups": guarded(lambda: subgroups(i.subgroups.data, i.analysis), i.subgroups),
         "robustness": guarded(lambda: robustness(i.robustness.data), i.robustness),
         "gradcam": guarded(lambda: gradcam(i.explain.data), i.explain),
-        "anomaly": guarded(lambda: anomaly(i.anomaly.data), i.anomaly),
+        "anomaly": guarded(lambda: sections.anomaly(i.anomaly.data), i.anomaly),
         "published": sections.published(),
         "caveats": sections.run_specific_caveats(i),
     }

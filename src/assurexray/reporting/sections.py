@@ -11,6 +11,7 @@ from importlib import resources
 
 import yaml
 
+from assurexray.anomaly.classifier_comparison import comparison_context
 from assurexray.errors import AssureXRayError
 from assurexray.evaluation.applicability import applies
 from assurexray.params import Params
@@ -281,3 +282,9 @@ def _gradcam_caveat(explain: dict) -> list[str]:
                 "not show that the model looks at the lesion."]
     return []
 
+
+def anomaly(summary: dict) -> dict:
+    """The anomaly comparison (report and model card), or why anomaly detection did not apply."""
+    if not applies(summary):
+        return {"not_applicable": summary["reason"]}
+    return comparison_context(summary["comparison"], summary["architectures"])
