@@ -49,9 +49,11 @@ def classifier_rows(analysis: dict, calibration: dict, spread: dict) -> list[str
 def detector_rows(anomaly: dict) -> list[str]:
     rows = []
     for name, entry in anomaly.get("comparison", {}).items():
-        auc = entry.get("auc") or {}
+        auc, where = entry.get("auc") or {}, entry.get("localization") or {}
         if auc.get("value") is not None:
-            rows.append(f"| {name} | {ci(auc)} |")
+            pointing = (f"{where['pointing_game']:.3f} ({where['chance']:.3f})"
+                        if where.get("pointing_game") is not None else "n/a")
+            rows.append(f"| {name} | {ci(auc)} | {pointing} |")
     return rows
 
 
@@ -68,8 +70,12 @@ def block() -> str:
              "| figure | committed run (95% CI) | band over the seeds: mean (min-max) |",
              "| --- | --- | --- |", *classifier_rows(analysis, calibration, spread), "",
              "Tumour vs normal, test AUC with its grouped interval (the classifier's tumour score "
-             "beside detectors trained on normal radiographs only; [docs/anomaly.md](docs/anomaly.md)):",
-             "", "| model | test AUC tumour vs normal (95% CI) |", "| --- | --- |",
+             "beside detectors trained on normal radiographs only; [docs/anomaly.md](docs/anomaly.md)), "
+             "and how often the model's map (the classifier's: Grad-CAM of the true class) peaks "
+             "inside the lesion box of an annotated test tumour, with chance (box area over image "
+             "area) beside it:",
+             "", "| model | test AUC tumour vs normal (95% CI) | pointing game (chance) |",
+             "| --- | --- | --- |",
              *detector_rows(anomaly), "", END]
     return "\n".join(lines)
 

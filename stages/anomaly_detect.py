@@ -11,7 +11,7 @@ from assurexray.anomaly import map_gallery
 from assurexray.anomaly.checkpoint import NotTrained
 from assurexray.anomaly.data import input_tensors
 from assurexray.anomaly.detector import AGGREGATIONS, DETECTORS, load_detector, result
-from assurexray.anomaly.evaluation import evaluate_scores, localization, score_table
+from assurexray.anomaly.evaluation import evaluate_scores, headline, localization, score_table
 from assurexray.anomaly.features import FeatureFileError, load_features
 from assurexray.console import run_main
 from assurexray.data.cache import ImageCache
@@ -77,10 +77,7 @@ def main() -> None:
     images[rows] = input_tensors(cache, test["image_id"].iloc[rows].tolist(), size)[:, 0].numpy()
     map_gallery.write_gallery(args.plots, test, cases, images, None, res.maps, lesions,
                               args.detector, primary)
-    auc, loc = metrics["auc"][primary], metrics["localization"]["overall"]
-    log.info("%s: test AUC (%s) %.3f (%.3f-%.3f); pointing game %s (chance %s)", args.detector,
-             primary, auc["value"], auc["ci_low"], auc["ci_high"], loc["pointing_game"],
-             loc["chance"])
+    log.info("%s", headline(args.detector, primary, metrics))
 
 
 if __name__ == "__main__":

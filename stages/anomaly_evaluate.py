@@ -10,7 +10,7 @@ import numpy as np
 from assurexray.anomaly import map_gallery
 from assurexray.anomaly.checkpoint import NotTrained, check_cache_size, load_autoencoder
 from assurexray.anomaly.data import input_tensors
-from assurexray.anomaly.evaluation import evaluate_scores, localization, score_table
+from assurexray.anomaly.evaluation import evaluate_scores, headline, localization, score_table
 from assurexray.anomaly.identity import identity_check
 from assurexray.anomaly.models import ARCHS, count_parameters
 from assurexray.anomaly.scoring import score_inputs
@@ -81,14 +81,8 @@ def main() -> None:
     cases = map_gallery.select_cases(test, normal, primary, params.anomaly.gallery)
     map_gallery.write_gallery(args.plots, test, cases, inputs["test"][:, 0].numpy(),
                           res.reconstructions, res.maps, lesions, args.arch, primary)
-    auc, loc = metrics["auc"][primary], metrics["localization"]["overall"]
-    log.info("%s: test AUC (%s) %.3f (%.3f-%.3f); pointing game %s (chance %s); lesion copy %.2f",
-             args.arch, primary, auc["value"], auc["ci_low"], auc["ci_high"],
-             _fmt(loc["pointing_game"]), _fmt(loc["chance"]), metrics["identity"]["lesion_copy"])
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    log.info("%s; lesion copy %.2f", headline(args.arch, primary, metrics),
+             metrics["identity"]["lesion_copy"])
 
 
 if __name__ == "__main__":

@@ -107,3 +107,12 @@ def localization(cache, test: pd.DataFrame, maps: np.ndarray, flagged: np.ndarra
     return {"map_threshold": threshold, "correct_means": "flagged at the validation Youden threshold",
             **out}
 
+
+
+def headline(name: str, primary: str, metrics: dict) -> str:
+    """One log line of a model's test figures: the AUC with its interval, the pointing game."""
+    auc, loc = metrics["auc"][primary], metrics["localization"]["overall"]
+    pointing, chance = (("n/a" if v is None else f"{v:.3f}")
+                        for v in (loc["pointing_game"], loc["chance"]))
+    return (f"{name}: test AUC ({primary}) {auc['value']:.3f} ({auc['ci_low']:.3f}-"
+            f"{auc['ci_high']:.3f}); pointing game {pointing} (chance {chance})")
