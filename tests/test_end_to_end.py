@@ -15,7 +15,7 @@ from assurexray.evaluation.calibration import fit_temperature
 from assurexray.evaluation.predictions import read_predictions
 from assurexray.params import RUNTIME_KEYS
 
-pytestmark = pytest.mark.slow  # full `dvc repro` runs: deselect with -m 'not slow' for a quick loop
+pytestmark = pytest.mark.slow  # full `dvc repro` runs: only with -m slow (CI runs them)
 
 REPO = Path(__file__).resolve().parents[1]
 

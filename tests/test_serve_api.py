@@ -191,7 +191,8 @@ def test_batch_gives_each_file_its_own_result(client, served_model):
     results = client.post("/batch_predict", files=files).json()["results"]
     assert [r["index"] for r in results] == [0, 1, 2]
     assert results[1]["status"] == 415 and "error" in results[1]
-    assert results[0]["probs"] == results[2]["probs"]
+    # equal up to the last float bits: the micro-batch's size picks the convolution kernels
+    assert results[0]["probs"] == pytest.approx(results[2]["probs"], rel=1e-9)
     too_many = client.post("/batch_predict", files=files * 2)
     assert too_many.status_code == 413
 

@@ -36,7 +36,8 @@ def predict_logits(model: torch.nn.Module, data: Dataset | DataLoader, batch_siz
         with torch.inference_mode():
             for batch in progress(loader, desc="predict", unit="batch", leave=False):
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
-                inputs = images.to(device, memory_format=torch.channels_last)
+                layout = torch.channels_last if images.dim() == 4 else torch.preserve_format
+                inputs = images.to(device, memory_format=layout)
                 chunks.append(model(inputs).float().cpu().numpy())
     finally:
         model.train(was_training)
