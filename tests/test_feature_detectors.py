@@ -199,12 +199,19 @@ def detector_meta(config: dict, extractor: FeatureExtractor) -> dict:
             "n_train_normals": 24, "state_mb": 0.0, "params": {}, "split": "random"}
 
 
-def test_checkpoint_round_trip_scores_files_like_the_features(twin, fitted, tmp_path):
-    cache, _, _ = twin
-    extractor, maps, _, drawn, _ = fitted
+def chosen_patchcore(fitted) -> tuple[dict, dict]:
+    """(config, state) of the PatchCore chosen on the held-out images of the fitted twin."""
+    _, maps, _, drawn, _ = fitted
     val, positive = held_out(maps, drawn)
     config, state, _ = select("patchcore", small_params(), {SIZE: {"train": maps["train"],
                                                                     "val": val}}, positive, 0)
+    return config, state
+
+
+def test_checkpoint_round_trip_scores_files_like_the_features(twin, fitted, tmp_path):
+    cache, _, _ = twin
+    extractor, maps, _, _, _ = fitted
+    config, state = chosen_patchcore(fitted)
     path = tmp_path / "patchcore.pt"
     save_detector(path, state, detector_meta(config, extractor))
     detector, meta = load_detector(path)
@@ -229,10 +236,8 @@ def test_predict_adds_the_detectors_score_decision_and_map(twin, fitted, tmp_pat
     from test_predict import make_checkpoint
 
     cache, _, _ = twin
-    extractor, maps, _, drawn, _ = fitted
-    val, positive = held_out(maps, drawn)
-    config, state, _ = select("patchcore", small_params(), {SIZE: {"train": maps["train"],
-                                                                    "val": val}}, positive, 0)
+    extractor = fitted[0]
+    config, state = chosen_patchcore(fitted)
     path = tmp_path / "patchcore.pt"
     save_detector(path, state, {**detector_meta(config, extractor), "threshold": 1e9})
     files = []
