@@ -183,14 +183,20 @@ def test_calibrated_probabilities_and_gradcam_overlay(images, tmp_path, capsys):
     assert Path(record["gradcam"]).parent == tmp_path / "out" / "gradcam"
 
 
-def test_calibrated_checkpoint_decides_at_its_shipped_thresholds(images, tmp_path, capsys):
-    # issue 9 item 11: thresholds fitted on calibrated validation probabilities travel in
-    # calibrated.pt, and predict reports each decision with its threshold and scale
-    rng = np.random.default_rng(0)
+def checkpoint_with_operating_points(rng, tmp_path) -> tuple[np.ndarray, np.ndarray, dict, Path]:
+    """(labels and calibrated probabilities of 60 drawn validation cases, the operating points
+    fitted on them, a calibrated.pt carrying those at temperature 2)."""
     y = rng.integers(0, 3, 60)
     val_probs = softmax(rng.normal(size=(60, 3)) + 2 * np.eye(3)[y], axis=1)
     points = fit_operating_points(y, val_probs, CLASSES, 0.9, 0.9, "youden", "calibrated")
-    ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0, operating_points=points)
+    return y, val_probs, points, make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0,
+                                                 operating_points=points)
+
+
+def test_calibrated_checkpoint_decides_at_its_shipped_thresholds(images, tmp_path, capsys):
+    # issue 9 item 11: thresholds fitted on calibrated validation probabilities travel in
+    # calibrated.pt, and predict reports each decision with its threshold and scale
+    _, _, points, ckpt = checkpoint_with_operating_points(np.random.default_rng(0), tmp_path)
     code, records = predict(capsys, *images.values(), "--checkpoint", ckpt)
     assert code == 0
     for record in records:
@@ -210,10 +216,7 @@ def test_calibrated_checkpoint_decides_at_its_shipped_thresholds(images, tmp_pat
 
 def test_decisions_quote_the_test_rates_of_the_analyze_stage(images, tmp_path, capsys):
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 60)
-    val_probs = softmax(rng.normal(size=(60, 3)) + 2 * np.eye(3)[y], axis=1)
-    points = fit_operating_points(y, val_probs, CLASSES, 0.9, 0.9, "youden", "calibrated")
-    ckpt = make_checkpoint(tmp_path / "calibrated.pt", temperature=2.0, operating_points=points)
+    y, val_probs, points, ckpt = checkpoint_with_operating_points(rng, tmp_path)
     y_test = rng.integers(0, 3, 50)
     test_probs = softmax(rng.normal(size=(50, 3)) + 2 * np.eye(3)[y_test], axis=1)
     test = Predictions(np.arange(50).astype(str), y_test, test_probs.argmax(1), test_probs,
